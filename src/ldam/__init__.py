@@ -1,0 +1,39 @@
+"""ldam: Langevin Dynamics Activation Maximization for PyTorch.
+
+Sample the inputs that drive a neuron, ``x ~ p(x) ∝ exp((f(x) − Σ λ_i R_i(x)) / T)``,
+with Langevin dynamics, and average the samples so the pixels that matter stand out.
+
+    >>> res = ldam.sample(model, "fc3:0-9", input_shape=(1, 28, 28), regularizers=[ldam.L2(1.0)])
+"""
+
+from .burnin import AutoBurnIn, BurnIn, FixedBurnIn
+from .callbacks import Callback, GifRecorder, ProgressBar
+from .energy import L2, Box, Energy, Regularizer, TotalVariation
+from .errors import (
+    CheckpointError,
+    DataError,
+    DivergenceError,
+    LdamError,
+    NonFiniteActivationError,
+    ShapeError,
+    TargetError,
+)
+from .results import Result
+from .sampler import Sampler, StepInfo, sample
+from .samplers import MALA, PSGLD, SGLD, Method, Paper
+from .schedules import CyclicAnnealing, PolynomialDecay
+from .targets import Target, probe_layers, resolve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sample", "Sampler", "StepInfo", "Result",
+    "Target", "resolve", "probe_layers",
+    "Regularizer", "L2", "TotalVariation", "Box", "Energy",
+    "Method", "SGLD", "MALA", "PSGLD", "Paper",
+    "PolynomialDecay", "CyclicAnnealing",
+    "BurnIn", "FixedBurnIn", "AutoBurnIn",
+    "Callback", "ProgressBar", "GifRecorder",
+    "LdamError", "TargetError", "ShapeError", "DivergenceError", "NonFiniteActivationError",
+    "DataError", "CheckpointError",
+]

@@ -1,0 +1,218 @@
+"""The energy: activation, regularizers and temperature.
+
+The sampled density is
+
+    log p(x) = ( f(x) − Σ_i λ_i R_i(x) ) / T + const
+
+where ``f`` is the target activation (:mod:`ldam.targets`), each regularizer is a small value
+holding its weight ``λ_i``, and ``T`` is the temperature (:mod:`ldam.schedules`).
+
+A regularizer is anything with a ``weight``, a ``value(x) -> [batch]`` and a ``grad(x)``.
+Regularizers that learn while the chains run (the discriminator of a later release) also get
+``observe(x, step)`` after every step; the base class makes that a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .targets import TargetSet
+
+
+class Regularizer:
+    """Base class: ``R(x) ≥ 0`` per example, entering ``log p`` as ``−weight · R(x) / T``."""
+
+    name: str = "regularizer"
+    weight: float
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """``R(x)`` for each example of the batch, shape ``[batch]``."""
+        raise NotImplementedError
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        """``∇_x R(x)`` (autograd of :meth:`value` unless a subclass gives it in closed form)."""
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.value(xr).sum(), xr)
+        return g
+
+    def observe(self, x: torch.Tensor, step: int) -> None:
+        """Called with the chains' state after every step; online-trained regularizers learn here."""
+
+
+@dataclass
+class L2(Regularizer):
+    """``R(x) = ½‖x‖²``. With a linear neuron ``f = w·x`` the density is exactly ``N(w/λ, (T/λ) I)``."""
+
+    weight: float = 1.0
+    name: str = field(default="l2", init=False)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x.flatten(1).pow(2).sum(1)
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@dataclass
+class TotalVariation(Regularizer):
+    """Smoothed total variation over the spatial axes (all axes after the channel axis).
+
+    ``R(x) = Σ_p ( Σ_k (x[p + e_k] − x[p])² + δ )^(β/2)``, summed over positions ``p`` and
+    channels, with forward differences along each spatial axis ``k`` (Mahendran & Vedaldi's
+    ``TV^β``). ``β = 1`` is edge-preserving TV; ``β = 2`` is a quadratic smoothness prior.
+    ``δ > 0`` keeps it differentiable, which MALA needs.
+    """
+
+    weight: float = 1.0
+    beta: float = 1.0
+    delta: float = 1e-4
+    name: str = field(default="tv", init=False)
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = x.dim() - 2
+        if spatial < 1:
+            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        # Crop every difference to the common [.., n-1, ..] grid so they can be added.
+        crop = tuple(slice(0, s - 1) for s in x.shape[2:])
+        sq = torch.zeros_like(x[(slice(None), slice(None), *crop)])
+        for k in range(spatial):
+            sq = sq + x.diff(dim=2 + k)[(slice(None), slice(None), *crop)].pow(2)
+        return (sq + self.delta).pow(self.beta / 2).flatten(1).sum(1)
+
+
+@dataclass
+class Box(Regularizer):
+    """A box (pixel-range) constraint ``low ≤ x ≤ high``, per channel or scalar.
+
+    With ``weight=None`` it is hard: Langevin samplers reflect at the walls and MALA rejects
+    proposals outside. With a weight it is the soft penalty ``R(x) = ½ ‖x − clamp(x)‖²``.
+    Use :meth:`from_normalization` for the pixel range ``[0, 1]`` of a normalized input.
+    """
+
+    low: float | Sequence[float] = 0.0
+    high: float | Sequence[float] = 1.0
+    weight: float | None = None
+    name: str = field(default="box", init=False)
+
+    def __post_init__(self) -> None:
+        lo, hi = torch.as_tensor(self.low, dtype=torch.float64), torch.as_tensor(self.high, dtype=torch.float64)
+        if lo.shape != hi.shape or bool((lo >= hi).any()):
+            raise ValueError(f"Box needs low < high with matching shapes, got low={self.low}, high={self.high}")
+
+    @classmethod
+    def from_normalization(cls, mean: Sequence[float], std: Sequence[float], weight: float | None = None) -> "Box":
+        """The box that normalized inputs ``(pixel − mean) / std`` occupy when pixels lie in [0, 1]."""
+        return cls([(0 - m) / s for m, s in zip(mean, std)], [(1 - m) / s for m, s in zip(mean, std)], weight)
+
+    @property
+    def hard(self) -> bool:
+        return self.weight is None
+
+    def bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        lo = torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
+        hi = torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
+        if lo.dim() == 1:
+            if lo.numel() != x.shape[1]:
+                raise ValueError(f"Box has {lo.numel()} per-channel bounds but the input has {x.shape[1]} channels")
+            lo, hi = lo.view(shape), hi.view(shape)
+        return lo, hi
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hard:
+            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        lo, hi = self.bounds(x)
+        return 0.5 * (x - x.clamp(lo, hi)).flatten(1).pow(2).sum(1)
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hard:
+            return torch.zeros_like(x)
+        lo, hi = self.bounds(x)
+        return x - torch.maximum(torch.minimum(x, hi), lo)
+
+    def inside(self, x: torch.Tensor) -> torch.Tensor:
+        """Per example: whether every coordinate is inside the box."""
+        lo, hi = self.bounds(x)
+        return ((x >= lo) & (x <= hi)).flatten(1).all(1)
+
+    def reflect_(self, x: torch.Tensor) -> torch.Tensor:
+        """Fold ``x`` back into the box by reflecting at the walls (in place)."""
+        lo, hi = self.bounds(x)
+        width = hi - lo
+        y = torch.remainder(x - lo, 2 * width)
+        return x.copy_(lo + torch.where(y > width, 2 * width - y, y))
+
+
+class Energy:
+    """``log p(x) = (f(x) − Σ λ_i R_i(x)) / T`` for a :class:`~ldam.targets.TargetSet`.
+
+    The model part ``f, ∇f`` costs one forward and backward; the prior part is evaluated
+    separately so that weights and ``T`` may change between steps without re-running the model.
+    """
+
+    def __init__(self, targets: TargetSet, regularizers: Sequence[Regularizer] = ()):
+        self.targets = targets
+        self.regularizers = list(regularizers)
+        for r in self.regularizers:
+            if not isinstance(r, Regularizer):
+                raise TypeError(
+                    f"regularizers must be ldam regularizer values such as ldam.L2(1.0), got {r!r}"
+                )
+
+    @property
+    def soft(self) -> list[Regularizer]:
+        return [r for r in self.regularizers if r.weight is not None and r.weight != 0]
+
+    @property
+    def boxes(self) -> list[Box]:
+        return [r for r in self.regularizers if isinstance(r, Box) and r.hard]
+
+    def activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f(x)`` per row and ``∇_x f`` (rows are independent: the model runs in eval mode)."""
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            f = self.targets.activation(xr)
+            (g,) = torch.autograd.grad(f.sum(), xr)
+        return f.detach(), g
+
+    def prior(self, x: torch.Tensor, with_value: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``Σ λ_i R_i(x)`` per row (if asked) and its gradient; ``None`` when there is no prior."""
+        value = grad = None
+        for r in self.soft:
+            g = r.grad(x)
+            grad = r.weight * g if grad is None else grad.add_(g, alpha=r.weight)
+            if with_value:
+                v = r.value(x)
+                value = r.weight * v if value is None else value + r.weight * v
+        return value, grad
+
+    def inside(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per row, whether ``x`` satisfies every hard constraint (``None`` if there are none)."""
+        ok = None
+        for b in self.boxes:
+            i = b.inside(x)
+            ok = i if ok is None else ok & i
+        return ok
+
+    def project_(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.boxes:
+            b.reflect_(x)
+        return x
+
+
+def log_prob(f: torch.Tensor, prior: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """``(f − Σ λR) / T`` per row."""
+    return (f if prior is None else f - prior) / temperature
+
+
+def grad_log_prob(gf: torch.Tensor, gprior: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """``(∇f − Σ λ∇R) / T``."""
+    g = gf if gprior is None else gf - gprior
+    return g / temperature if temperature != 1.0 else g
+
+
+__all__ = ["Regularizer", "L2", "TotalVariation", "Box", "Energy", "log_prob", "grad_log_prob"]

@@ -1,0 +1,91 @@
+"""Turning chains into pictures: the paper's signed display, RGB, grids and GIFs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def signed_display(x: torch.Tensor) -> np.ndarray:
+    """The paper's display of a signed image: scale so the largest ``|value|`` is 127, add 128.
+
+    Grey is uncorrelated with the neuron, white positively and black negatively correlated.
+    One scale per image (all channels together), so colour balance is kept. Returns uint8.
+    """
+    a = x.detach().double().cpu().numpy()
+    peak = np.abs(a).max()
+    scale = 127.0 / peak if peak > 0 else 0.0
+    return np.clip(np.rint(a * scale + 128.0), 0, 255).astype(np.uint8)
+
+
+def pixel_display(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the model's normalization ``(pixel − mean) / std`` and show pixels in [0, 1]."""
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    m = torch.as_tensor(mean, dtype=torch.float64).view(shape)
+    s = torch.as_tensor(std, dtype=torch.float64).view(shape)
+    p = (x.detach().double().cpu() * s + m).clamp(0, 1)
+    return np.rint(p.numpy() * 255).astype(np.uint8)
+
+
+def to_image(x: torch.Tensor, display: str = "signed", mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> Image.Image:
+    """One example ``[C, *spatial]`` as a picture.
+
+    1 channel: grey. 3 channels: RGB. Other channel counts: the channels side by side in grey.
+    1-D signals ``[C, L]``: a ``C``-row heat strip. ``display`` is ``"signed"`` or ``"pixel"``.
+    """
+    if display == "signed":
+        a = signed_display(x)
+    elif display == "pixel":
+        a = pixel_display(x, mean, std)
+    else:
+        raise ValueError(f"display must be 'signed' or 'pixel', got {display!r}")
+    if a.ndim == 2:  # [C, L] signal
+        rows = max(1, 16 // a.shape[0])
+        return Image.fromarray(np.repeat(a, rows, axis=0), mode="L")
+    if a.ndim != 3:
+        a = a.reshape(a.shape[0], a.shape[1], -1)
+    c = a.shape[0]
+    if c == 3:
+        return Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)), mode="RGB")
+    if c == 1:
+        return Image.fromarray(a[0], mode="L")
+    gap = np.full((a.shape[1], 1), 128, np.uint8)
+    parts = []
+    for i in range(c):
+        parts += [a[i], gap] if i < c - 1 else [a[i]]
+    return Image.fromarray(np.concatenate(parts, axis=1), mode="L")
+
+
+def grid(images: Sequence[Image.Image], ncol: int, pad: int = 2, zoom: int = 2, background: int = 64) -> Image.Image:
+    """Tile pictures ``ncol`` per row, each enlarged ``zoom`` times (nearest neighbour)."""
+    if not images:
+        raise ValueError("grid needs at least one image")
+    mode = "RGB" if any(im.mode == "RGB" for im in images) else "L"
+    w, h = images[0].size
+    w, h = w * zoom, h * zoom
+    nrow = -(-len(images) // ncol)
+    canvas = Image.new(mode, (pad + ncol * (w + pad), pad + nrow * (h + pad)), background if mode == "L" else (background,) * 3)
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncol)
+        canvas.paste(im.convert(mode).resize((w, h), Image.NEAREST), (pad + c * (w + pad), pad + r * (h + pad)))
+    return canvas
+
+
+def batch_grid(x: torch.Tensor, ncol: int, display: str = "signed", zoom: int = 2, **norm: Sequence[float]) -> Image.Image:
+    """A grid of a batch ``[N, C, *spatial]``: each example displayed on its own scale."""
+    return grid([to_image(xi, display, **norm) for xi in x], ncol, zoom=zoom)
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | Path, fps: float = 10.0) -> Path:
+    """Write an animated GIF that loops forever."""
+    if not frames:
+        raise ValueError("a GIF needs at least one frame")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [f.convert("P", palette=Image.ADAPTIVE) if f.mode == "RGB" else f for f in frames]
+    frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=max(20, int(1000 / fps)), loop=0)
+    return path

@@ -1,0 +1,404 @@
+"""Running the chains: the streaming :class:`Sampler` and the one-call :func:`sample`.
+
+The chains for ``n`` targets are one batch of ``n · chains`` rows, target-major, so every step
+is one batched forward and backward pass whatever the number of targets.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .burnin import AutoBurnIn, BurnIn, make_burn_in
+from .callbacks import Callback
+from .energy import L2, Energy, Regularizer
+from .errors import DivergenceError, LdamError, NonFiniteActivationError, ShapeError
+from .guard import model_guard
+from .results import Result
+from .samplers import MALA, ChainNoise, Method, StepContext, chain_seeds, make_method
+from .schedules import Schedule, evaluate
+from .targets import Target, TargetSet, probe_layers, resolve
+
+
+@dataclass
+class StepInfo:
+    """What callbacks see after each step."""
+
+    t: int
+    activation: torch.Tensor
+    temperature: float
+    step_size: float
+    burned_in: bool
+    stats: dict[str, float]
+
+
+def _describe(v: Any) -> Any:
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return repr(v)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the model's parameters and buffers (names, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in list(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class Sampler:
+    """Langevin chains for one or more targets, advanced a step at a time.
+
+    Temperature, step size, regularizer weights and even the method may be changed between
+    calls to :meth:`run`; the live UI drives the sampler that way. Every call leaves the model
+    exactly as found.
+
+    Args:
+        model: any ``nn.Module``; it is run in eval mode and never modified.
+        targets: a target string such as ``"fc3:0-9"``, a :class:`~ldam.targets.Target`, or a list.
+        input_shape: one example's shape without the batch dimension, e.g. ``(1, 28, 28)``.
+        chains: chains per target.
+        step_size: ``ε``, a float or a schedule ``t ↦ ε_t``.
+        temperature: ``T``, a float or a schedule ``t ↦ T_t``.
+        regularizers: values such as ``[ldam.L2(1.0), ldam.TotalVariation(0.1)]``.
+        method: ``"sgld"``, ``"mala"``, ``"psgld"``, ``"paper"``, or a method value.
+        burn_in: steps to discard, ``"auto"``, or an :class:`~ldam.burnin.AutoBurnIn`.
+        thin: keep every ``thin``-th state after burn-in.
+        seed: chain ``k`` of target ``τ`` is seeded from ``(seed, τ, k)``.
+        ema_tau: time constant ``τ`` (steps) of the exponential moving average of the chains
+            after burn-in, the paper's averaging window; ``None`` to skip it.
+        init_scale: chains start at ``init_scale · N(0, I)``, or pass ``init`` (a tensor).
+        keep_samples: store the kept states (the mean and EMA are kept either way).
+        callbacks: :class:`~ldam.callbacks.Callback` values.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: str | Target | Iterable[str | Target],
+        input_shape: Sequence[int],
+        *,
+        chains: int = 8,
+        step_size: Schedule = 1e-2,
+        temperature: Schedule = 1.0,
+        regularizers: Sequence[Regularizer] = (),
+        method: str | Method = "sgld",
+        burn_in: int | str | BurnIn = 0,
+        thin: int = 1,
+        seed: int = 0,
+        ema_tau: float | None = 200.0,
+        init_scale: float = 1.0,
+        init: torch.Tensor | None = None,
+        keep_samples: bool = True,
+        callbacks: Sequence[Callback] = (),
+        check_every: int = 10,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if chains < 1:
+            raise ValueError(f"chains must be >= 1, got {chains}")
+        if thin < 1:
+            raise ValueError(f"thin must be >= 1, got {thin}")
+        if ema_tau is not None and ema_tau < 1:
+            raise ValueError(f"ema_tau must be >= 1 step (or None), got {ema_tau}")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if not self.input_shape:
+            raise ShapeError("input_shape must give at least one dimension, e.g. (1, 28, 28) or (2, 128)")
+        self.model = model
+        p = next(iter(model.parameters()), None)
+        self.device = p.device if p is not None else torch.device("cpu")
+        self.dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        with model_guard(model):
+            self.layers = probe_layers(model, self.input_shape, self.device)
+            self.target_set: TargetSet = resolve(model, targets, self.input_shape, chains, self.layers).to(self.device)
+        self.targets = self.target_set.targets
+        self.chains = chains
+        self.energy = Energy(self.target_set, regularizers)
+        self.method = make_method(method)
+        self.step_size: Schedule = step_size
+        self.temperature: Schedule = temperature
+        self.burn_in = make_burn_in(burn_in)
+        self._burn_in_spec = copy.deepcopy(self.burn_in)
+        self.thin = thin
+        self.seed = seed
+        self.ema_tau = ema_tau
+        self.keep_samples = keep_samples
+        self.callbacks = list(callbacks)
+        self.check_every = max(1, check_every)
+        self._config = {
+            "targets": self.target_set.describe(),
+            "input_shape": list(self.input_shape),
+            "chains": chains,
+            "step_size": _describe(step_size),
+            "temperature": _describe(temperature),
+            "regularizers": [repr(r) for r in self.energy.regularizers],
+            "method": repr(self.method),
+            "burn_in": _describe(burn_in),
+            "thin": thin,
+            "seed": seed,
+            "ema_tau": ema_tau,
+            "init_scale": init_scale,
+            "model": type(model).__name__,
+            "model_sha256": model_fingerprint(model),
+            "torch": torch.__version__,
+        }
+        self.noise = ChainNoise(chain_seeds(seed, self._config["targets"], chains), self.input_shape, self.device, self.dtype)
+        if init is not None:
+            init = torch.as_tensor(init, dtype=self.dtype, device=self.device)
+            if init.shape[1:] != self.input_shape or init.shape[0] not in (1, self.batch):
+                raise ShapeError(f"init must have shape [{self.batch} or 1, *{self.input_shape}], got {list(init.shape)}")
+            self.x = init.expand(self.batch, *self.input_shape).clone()
+            self.noise.initial()
+        else:
+            self.x = self.noise.initial() * init_scale
+        self.energy.project_(self.x)
+        self.t = 0
+        self._act = torch.empty(max(64, 1), self.batch, dtype=self.dtype, device=self.device)
+        self._samples: list[torch.Tensor] = []
+        self._kept = 0
+        self._sum = torch.zeros_like(self.x, dtype=torch.float64)
+        self.ema: torch.Tensor | None = None
+        self.burn_in_step: int | None = None
+        self._checked = 0
+        self._good = self.x.clone()
+        self._began = False
+
+    # ---- knobs -------------------------------------------------------------------------
+    @property
+    def batch(self) -> int:
+        return len(self.target_set.targets) * self.chains
+
+    @property
+    def regularizers(self) -> list[Regularizer]:
+        return self.energy.regularizers
+
+    def set_weight(self, name: str, weight: float | None) -> None:
+        """Change the weight of the regularizer called ``name`` (``"l2"``, ``"tv"``, ...), adding an
+        :class:`~ldam.energy.L2` if asked for ``"l2"`` and there is none."""
+        for r in self.energy.regularizers:
+            if r.name == name:
+                r.weight = weight  # type: ignore[assignment]
+                return
+        if name == "l2" and weight is not None:
+            self.energy.regularizers.append(L2(weight))
+            return
+        raise KeyError(f"no regularizer named {name!r}; have {[r.name for r in self.energy.regularizers]}")
+
+    def set_method(self, method: str | Method) -> None:
+        self.method = make_method(method)
+
+    def reset(self, init_scale: float = 1.0) -> None:
+        """Restart every chain from fresh noise (the streams continue; history is cleared)."""
+        self.x = self.noise.normal() * init_scale
+        self.energy.project_(self.x)
+        self.method.reset()
+        self.t, self._kept, self._checked = 0, 0, 0
+        self._samples.clear()
+        self._sum.zero_()
+        self.ema, self.burn_in_step = None, None
+        self.burn_in = copy.deepcopy(self._burn_in_spec)
+        self._good = self.x.clone()
+
+    # ---- running -----------------------------------------------------------------------
+    @property
+    def burned_in(self) -> bool:
+        return self.burn_in_step is not None
+
+    def run(self, steps: int = 1) -> StepInfo | None:
+        """Advance every chain ``steps`` steps. Returns the last step's :class:`StepInfo`."""
+        info = None
+        with model_guard(self.model), self.target_set.attached(), torch.no_grad():
+            if not self._began:
+                self._began = True
+                for cb in self.callbacks:
+                    cb.on_begin(self)
+            try:
+                for _ in range(steps):
+                    info = self._step()
+            finally:
+                self._check(final=True)
+        return info
+
+    def _step(self) -> StepInfo:
+        t = self.t
+        eps = evaluate(self.step_size, t, "step_size")
+        temp = evaluate(self.temperature, t, "temperature")
+        if self.burn_in_step is None and self.burn_in.ready(t):
+            self._begin_keeping(t)
+        elif self.burn_in_step is not None:
+            if self.ema is not None:
+                self.ema.lerp_(self.x, 1.0 / self.ema_tau)  # type: ignore[operator]
+            if (t - self.burn_in_step) % self.thin == 0:
+                self._keep()
+        ctx = StepContext(self.energy, eps, temp, self.noise, t, adapting=self.burn_in_step is None)
+        f = self.method.step(self.x, ctx)
+        if t >= self._act.shape[0]:
+            grown = torch.empty(2 * self._act.shape[0], self.batch, dtype=self.dtype, device=self.device)
+            grown[: self._act.shape[0]] = self._act
+            self._act = grown
+        self._act[t] = f
+        for r in self.energy.regularizers:
+            r.observe(self.x, t)
+        if self.burn_in_step is None:
+            self.burn_in.observe(t, f)
+        self.t = t + 1
+        if self.t - self._checked >= self.check_every:
+            self._check()
+        info = StepInfo(t, f, temp, eps, self.burn_in_step is not None, self.method.stats())
+        for cb in self.callbacks:
+            cb.on_step(self, info)
+        return info
+
+    def _begin_keeping(self, t: int) -> None:
+        self.burn_in_step = t
+        if isinstance(self.burn_in, AutoBurnIn) and self.burn_in.timed_out:
+            warnings.warn(
+                f"auto burn-in did not see the activations settle within {t} steps; keeping samples "
+                "from here on. Run longer, raise the step size, or give burn_in as a number of steps.",
+                stacklevel=3,
+            )
+        if isinstance(self.method, MALA):
+            self.method.reset_counts()
+        self._keep()
+        if self.ema_tau is not None:
+            self.ema = self.x.clone()
+
+    def _keep(self) -> None:
+        self._kept += 1
+        self._sum.add_(self.x)
+        if self.keep_samples:
+            self._samples.append(self.x.clone())
+
+    def _check(self, final: bool = False) -> None:
+        """Raise a clear error if any chain left the finite numbers since the last check."""
+        if self.t == self._checked:
+            return
+        acts = self._act[self._checked : self.t]
+        big = self.x.abs().amax()
+        ok_x = bool(torch.isfinite(big)) and float(big) < 1e12
+        ok_f = bool(torch.isfinite(acts).all())
+        if ok_x and ok_f:
+            self._checked = self.t
+            self._good.copy_(self.x)
+            return
+        bad_steps = (~torch.isfinite(acts)).any(1).nonzero()
+        first_bad = self._checked + (int(bad_steps[0]) if len(bad_steps) else acts.shape[0] - 1)
+        start, self._checked = self._checked, self.t
+        x_good_finite = bool(torch.isfinite(self._good).all())
+        grad_ok = True
+        if x_good_finite:
+            with torch.enable_grad():
+                f_good, g_good = self.energy.activation(self._good)
+            grad_ok = bool(torch.isfinite(f_good).all()) and bool(torch.isfinite(g_good).all())
+        eps = evaluate(self.step_size, first_bad, "step_size")
+        temp = evaluate(self.temperature, first_bad, "temperature")
+        if ok_x and not ok_f or not grad_ok:
+            raise NonFiniteActivationError(
+                f"the model produced a NaN or Inf activation or gradient for a finite input "
+                f"(first seen at step {first_bad}). This is a property of the model, not of the "
+                "sampler: check it for log/sqrt/division on values that can reach zero, or add a "
+                "Box constraint to keep inputs in range"
+            )
+        l2 = sum(r.weight for r in self.energy.regularizers if isinstance(r, L2))
+        bound = f" For an L2 weight λ={l2:g}, SGLD is stable only when step_size < 4·T/λ = {4 * temp / l2:.3g}." if l2 else ""
+        raise DivergenceError(
+            f"the chains diverged between steps {start} and {self.t} (inputs grew to "
+            f"{float(self.x.abs().amax()):.3g}): step_size {eps:g} is too large for this density at "
+            f"temperature {temp:g}.{bound} Try a smaller step size, e.g. --step-size {eps / 10:g}, "
+            "or method='mala', which rejects moves that overshoot"
+        )
+
+    # ---- results -----------------------------------------------------------------------
+    @property
+    def activations(self) -> torch.Tensor:
+        """``f(x_t)`` for every step so far, ``[steps, batch]``."""
+        return self._act[: self.t]
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        """Mean of the kept states, ``[batch, *input_shape]`` (``None`` before burn-in ends)."""
+        return None if self._kept == 0 else (self._sum / self._kept).to(self.dtype)
+
+    @property
+    def samples(self) -> torch.Tensor:
+        """Kept states, ``[batch, n_kept, *input_shape]``."""
+        if not self._samples:
+            return torch.empty(self.batch, 0, *self.input_shape, dtype=self.dtype, device=self.device)
+        return torch.stack(self._samples, 1)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self._config, steps=self.t, burn_in_step=self.burn_in_step)
+
+    def result(self) -> Result:
+        """Collect everything into a :class:`~ldam.results.Result` and call the callbacks' ``on_end``."""
+        if self.burn_in_step is None:
+            warnings.warn(
+                f"burn-in never ended in {self.t} steps, so no samples were kept; the result's mean "
+                "is the final state. Run more steps or lower burn_in.",
+                stacklevel=2,
+            )
+        acceptance = self.method.acceptance if isinstance(self.method, MALA) else None
+        res = Result(
+            targets=list(self.targets),
+            chains=self.chains,
+            samples=self.samples.cpu(),
+            mean=(self.mean if self.mean is not None else self.x).cpu(),
+            activations=self.activations.cpu(),
+            ema=None if self.ema is None else self.ema.cpu(),
+            last=self.x.cpu(),
+            acceptance=None if acceptance is None else acceptance.cpu(),
+            burn_in=self.burn_in_step if self.burn_in_step is not None else self.t,
+            config=self.config,
+        )
+        for cb in self.callbacks:
+            cb.on_end(self, res)
+        return res
+
+
+def sample(
+    model: nn.Module,
+    target_or_targets: str | Target | Iterable[str | Target],
+    input_shape: Sequence[int] = (1, 28, 28),
+    chains: int = 8,
+    steps: int = 2000,
+    step_size: Schedule = 1e-2,
+    temperature: Schedule = 1.0,
+    regularizers: Sequence[Regularizer] = (),
+    method: str | Method = "sgld",
+    burn_in: int | str | BurnIn = 500,
+    thin: int = 1,
+    seed: int = 0,
+    **options: Any,
+) -> Result:
+    """Sample ``x ~ p(x) ∝ exp((f(x) − Σ λ_i R_i(x)) / T)`` for each target with Langevin chains.
+
+    Returns a :class:`~ldam.results.Result` with ``samples`` ``[n_targets·chains, n_kept, *shape]``,
+    ``mean`` (of the kept samples) and ``activations`` ``[steps, n_targets·chains]``.
+    Further keyword options (``ema_tau``, ``init_scale``, ``init``, ``keep_samples``,
+    ``callbacks``) are those of :class:`Sampler`.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(burn_in, int) and not isinstance(burn_in, bool) and burn_in >= steps:
+        raise ValueError(f"burn_in ({burn_in}) must be smaller than steps ({steps}) or no sample is kept")
+    if burn_in == "auto":
+        burn_in = AutoBurnIn(max_steps=max(1, steps // 2))
+    sampler = Sampler(
+        model, target_or_targets, input_shape, chains=chains, step_size=step_size, temperature=temperature,
+        regularizers=regularizers, method=method, burn_in=burn_in, thin=thin, seed=seed, **options,
+    )
+    sampler._act = torch.empty(steps, sampler.batch, dtype=sampler.dtype, device=sampler.device)
+    sampler.run(steps)
+    return sampler.result()
+
+
+__all__ = ["Sampler", "sample", "StepInfo", "LdamError", "model_fingerprint"]
