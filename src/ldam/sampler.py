@@ -164,7 +164,7 @@ class Sampler:
         self._act = torch.empty(max(64, 1), self.batch, dtype=self.dtype, device=self.device)
         self._samples: list[torch.Tensor] = []
         self._kept = 0
-        self._sum = torch.zeros_like(self.x, dtype=torch.float64)
+        self._sum = torch.zeros_like(self.x)
         self.ema: torch.Tensor | None = None
         self.burn_in_step: int | None = None
         self._checked = 0

@@ -1,0 +1,245 @@
+"""The ``ldam`` command line: ``sample``, ``layers``, ``demo``, ``train`` and ``eval``.
+
+Every error that ldam can explain is printed as one line (``ldam: error: ...``) with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+
+from . import __version__
+from .callbacks import GifRecorder, ProgressBar
+from .energy import L2, Box, Regularizer, TotalVariation
+from .errors import LdamError
+from .sampler import sample
+from .schedules import CyclicAnnealing
+from .targets import probe_layers
+
+DEMO_MODEL = "zoo:lenet-mnist"
+
+
+def _load(spec: str):
+    from .zoo import load_model
+
+    return load_model(spec)
+
+
+def _positive(kind: type = float):
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        return v
+
+    return parse
+
+
+def _burn_in(s: str) -> int | str:
+    if s == "auto":
+        return s
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"burn-in is a number of steps or 'auto', got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError("burn-in must be >= 0")
+    return v
+
+
+def _schedule(s: str):
+    """A float, or ``cyclic:HOT,COLD,PERIOD`` for cyclic annealing."""
+    if s.startswith("cyclic:"):
+        try:
+            hot, cold, period = s[len("cyclic:"):].split(",")
+            return CyclicAnnealing(float(hot), float(cold), int(period))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected cyclic:HOT,COLD,PERIOD (e.g. cyclic:5,0.5,500), got {s!r}") from None
+    return _positive(float)(s)
+
+
+def _regularizers(args: argparse.Namespace, info) -> list[Regularizer]:
+    regs: list[Regularizer] = []
+    if args.l2:
+        regs.append(L2(args.l2))
+    if args.tv:
+        regs.append(TotalVariation(args.tv))
+    if args.pixel_range:
+        mean = getattr(info, "mean", None) or (0.0,)
+        std = getattr(info, "std", None) or (1.0,)
+        regs.append(Box.from_normalization(mean, std))
+    return regs
+
+
+def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, l2: float) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--chains", type=_positive(int), default=chains, help="chains per target (default: %(default)s)")
+    g.add_argument("--steps", type=_positive(int), default=steps, help="Langevin steps (default: %(default)s)")
+    g.add_argument("--step-size", type=_schedule, default=0.01, metavar="EPS",
+                   help="step size ε, or cyclic:HOT,COLD,PERIOD (default: %(default)s)")
+    g.add_argument("--temperature", type=_schedule, default=1.0, metavar="T",
+                   help="temperature T, or cyclic:HOT,COLD,PERIOD to anneal between modes (default: %(default)s)")
+    g.add_argument("--method", choices=["sgld", "mala", "psgld", "paper"], default="sgld",
+                   help="update rule: sgld, mala (exact, reports acceptance), psgld (preconditioned), paper "
+                   "(the authors' normalized-gradient update) (default: %(default)s)")
+    g.add_argument("--burn-in", type=_burn_in, default=None, metavar="N|auto",
+                   help="steps to discard before averaging, or 'auto' (default: a quarter of --steps)")
+    g.add_argument("--thin", type=_positive(int), default=1, help="keep every N-th state (default: %(default)s)")
+    g.add_argument("--ema-tau", type=_positive(float), default=200.0,
+                   help="time constant of the moving average, in steps (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    r = p.add_argument_group("energy: log p(x) = (f(x) - Σ λ R(x)) / T")
+    r.add_argument("--l2", type=float, default=l2, metavar="λ", help="weight of R = ½‖x‖² (default: %(default)s; 0 for none)")
+    r.add_argument("--tv", type=float, default=0.0, metavar="λ", help="weight of total variation (default: none)")
+    r.add_argument("--pixel-range", action="store_true",
+                   help="keep inputs inside the pixel range [0, 1] (in the model's normalized units)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<time>)")
+    o.add_argument("--display", choices=["signed", "pixel"], default="signed",
+                   help="signed: the paper's grey display (largest |value| → 127, plus 128); pixel: the "
+                   "model's input mapped back to pixels (default: %(default)s)")
+    o.add_argument("--gif-every", type=_positive(int), default=None, metavar="N",
+                   help="record the chains for the GIF every N steps (default: steps/100)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[str]) -> int:
+    model, info = _load(model_spec)
+    input_shape = tuple(args.input_shape) if getattr(args, "input_shape", None) else tuple(info.input_shape)
+    out: Path = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    burn_in = args.burn_in if args.burn_in is not None else args.steps // 4
+    norm = {"mean": tuple(getattr(info, "mean", None) or (0.0,)), "std": tuple(getattr(info, "std", None) or (1.0,))}
+    gif_every = args.gif_every or max(1, args.steps // 100)
+    callbacks = [GifRecorder(out / "chains.gif", every=gif_every, display=args.display, **norm)]
+    if not args.quiet:
+        callbacks.append(ProgressBar(total=args.steps))
+    res = sample(
+        model, list(targets), input_shape=input_shape, chains=args.chains, steps=args.steps,
+        step_size=args.step_size, temperature=args.temperature, regularizers=_regularizers(args, info),
+        method=args.method, burn_in=burn_in, thin=args.thin, seed=args.seed, ema_tau=args.ema_tau,
+        callbacks=callbacks,
+    )
+    res.config["model_spec"] = model_spec
+    paths = {
+        "grid (mean of each chain)": res.save_grid(out / "grid.png", display=args.display, **norm),
+        "per-target mean": out / "targets.png",
+        "animation of the chains": out / "chains.gif",
+        "results (samples, means, traces, config)": res.save(out / "result.pt"),
+        "config": out / "config.json",
+    }
+    res.target_grid(display=args.display, **norm).save(out / "targets.png")
+    (out / "config.json").write_text(json.dumps(res.config, indent=2, default=repr) + "\n")
+    final = res.target_activations()[-max(1, res.activations.shape[0] // 10):].mean(0)
+    names = getattr(info, "class_names", None)
+    print(f"sampled {len(res.targets)} target(s) x {res.chains} chains, {res.activations.shape[0]} steps, "
+          f"burn-in {res.burn_in}, {res.samples.shape[1]} kept per chain")
+    for t, f in zip(res.targets, final.tolist()):
+        label = f" ({names[t.unit]})" if names and t.layer in ("output", "fc3") and t.unit < len(names) else ""
+        print(f"  {t}{label}: mean activation over the last 10% of steps {f:.3f}")
+    if res.acceptance is not None:
+        print(f"  MALA acceptance rate: {float(res.acceptance.mean()):.3f}")
+    for what, p in paths.items():
+        print(f"{what}: {p}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    return _run_sampling(args, args.model, args.target)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.out is None:
+        args.out = Path("runs/demo")
+    print(f"ldam demo: sampling the 10 output neurons (digits 0-9) of {DEMO_MODEL}")
+    return _run_sampling(args, DEMO_MODEL, ["output:0-9"])
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    model, info = _load(args.model)
+    input_shape = tuple(args.input_shape) if args.input_shape else tuple(info.input_shape)
+    from .guard import model_guard
+
+    with model_guard(model):
+        layers = probe_layers(model, input_shape)
+    print(f"{args.model}: input {list(input_shape)}")
+    print(f"{'layer':<28} {'type':<18} {'output shape':<20} {'units':>6}  target example")
+    for name, li in layers.items():
+        ex = f"{name}:0" + ("@" + ",".join(str(s // 2) for s in li.spatial) if li.spatial else "")
+        print(f"{name:<28} {li.kind:<18} {str(list(li.shape)):<20} {li.units:>6}  {ex}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ldam",
+        description="Sample the inputs that drive a neuron of a PyTorch model with Langevin dynamics "
+        "(LDAM): log p(x) = (f(x) − Σ λ R(x)) / T.",
+        epilog="Examples:\n  ldam demo\n  ldam layers zoo:lenet-mnist\n"
+        "  ldam sample --model zoo:lenet-mnist --target 'fc3:0-9' --chains 10 --steps 3000 --l2 1.0 --out runs/x",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"ldam {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("sample", help="sample inputs for one or more neurons",
+                       description="Sample inputs for one or more neurons and write a grid PNG, a GIF, "
+                       "the per-target means and the results file.")
+    s.add_argument("--model", required=True, help="zoo:NAME (see `ldam layers`), or a checkpoint file")
+    s.add_argument("--target", action="append", required=True,
+                   help="LAYER:UNIT, LAYER:UNIT@Y,X, LAYER:A-B, LAYER:* or output:UNIT; repeat for more")
+    s.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
+                   help="one example's shape, e.g. 1 28 28 (default: the model's own)")
+    _add_sampling_options(s, steps=2000, chains=8, l2=1.0)
+    s.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("demo", help=f"sample the 10 digit neurons of {DEMO_MODEL} (the quick start)",
+                       description=f"Sample the 10 output neurons of {DEMO_MODEL}, 10 chains each, and "
+                       "write grid.png, targets.png, chains.gif and result.pt to runs/demo.")
+    _add_sampling_options(d, steps=1500, chains=10, l2=1.0)
+    d.set_defaults(func=cmd_demo)
+
+    ly = sub.add_parser("layers", help="list every addressable layer with its output shape and units",
+                        description="List every layer a target can address, with output shape and unit count.")
+    ly.add_argument("model", help="zoo:NAME or a checkpoint file")
+    ly.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N")
+    ly.set_defaults(func=cmd_layers)
+
+    try:
+        from .train import add_subcommands
+    except ImportError:  # pragma: no cover - train is part of the package
+        pass
+    else:
+        add_subcommands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LdamError as e:
+        print(f"ldam: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"ldam: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ldam: interrupted; the model is unchanged", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+__all__ = ["main", "build_parser"]
