@@ -222,35 +222,29 @@ class TargetSet:
         # Per layer: which rows, and how to read each row's value from that layer's output.
         self._readers: list[tuple[str, torch.Tensor | None, torch.Tensor, bool]] = []
         for name in names:
-            rows, flat, mean = [], [], []
             info = layers[name]
             n_pos = 1
-            for s in info.spatial:
-                n_pos *= s
+            for size in info.spatial:
+                n_pos *= size
+            groups: dict[bool, tuple[list[int], list[int]]] = {}
             for i, t in enumerate(self.targets):
                 if t.layer != name:
                     continue
-                for c in range(chains):
-                    rows.append(i * chains + c)
-                    if t.position is None:
-                        flat.append(t.unit)
-                        mean.append(True)
-                    else:
-                        idx = 0
-                        for p, s in zip(t.position, info.spatial):
-                            idx = idx * s + p
-                        flat.append(t.unit * n_pos + idx)
-                        mean.append(False)
-            all_rows = len(rows) == self.batch
-            use_mean = all(mean) and bool(info.spatial)
-            if any(mean) and not all(mean) and info.spatial:
-                raise TargetError(
-                    f"layer {name!r} is targeted both as channel means and at positions in one call; "
-                    "sample them in separate calls"
+                use_mean = t.position is None and bool(info.spatial)
+                idx = t.unit
+                if t.position is not None:
+                    idx = 0
+                    for p, size in zip(t.position, info.spatial):
+                        idx = idx * size + p
+                    idx += t.unit * n_pos
+                rows, flat = groups.setdefault(use_mean, ([], []))
+                rows.extend(range(i * chains, (i + 1) * chains))
+                flat.extend([idx] * chains)
+            for use_mean, (rows, flat) in groups.items():
+                all_rows = len(rows) == self.batch
+                self._readers.append(
+                    (name, None if all_rows else torch.tensor(rows), torch.tensor(flat).unsqueeze(1), use_mean)
                 )
-            self._readers.append(
-                (name, None if all_rows else torch.tensor(rows), torch.tensor(flat).unsqueeze(1), use_mean)
-            )
 
     def to(self, device: torch.device | str) -> "TargetSet":
         self._readers = [

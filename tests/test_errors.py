@@ -1,0 +1,67 @@
+"""Bad input gets a clear error that names the cause and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import ldam
+from models import LinearNeuron, SmallConvNet
+
+
+class NaNModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return torch.log(self.fc(x) - 1e6)  # log of a negative number: NaN for every input
+
+
+def test_nan_activation_names_the_model():
+    with pytest.raises(ldam.NonFiniteActivationError, match="NaN or Inf activation.*property of the model"):
+        ldam.sample(NaNModel(), "output:0", input_shape=(4,), steps=20, burn_in=0)
+
+
+def test_divergence_suggests_a_smaller_step():
+    m = LinearNeuron(torch.ones(1, 4, 4))
+    with pytest.raises(ldam.DivergenceError, match=r"diverged.*step_size 10 is too large.*4·T/λ = 0.4.*--step-size 1"):
+        ldam.sample(m, "output:0", input_shape=(1, 4, 4), steps=200, burn_in=0, step_size=10.0,
+                    regularizers=[ldam.L2(10.0)])
+
+
+def test_mala_does_not_diverge_at_the_same_step():
+    m = LinearNeuron(torch.ones(1, 4, 4))
+    res = ldam.sample(m, "output:0", input_shape=(1, 4, 4), steps=200, burn_in=50, step_size=10.0,
+                      regularizers=[ldam.L2(10.0)], method="mala")
+    assert torch.isfinite(res.samples).all()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"method": "hmc"}, "unknown sampler method 'hmc'.*sgld, mala, psgld, paper"),
+    ({"burn_in": "soon"}, "burn_in must be a number of steps, 'auto'"),
+    ({"burn_in": 100, "steps": 50}, r"burn_in \(100\) must be smaller than steps \(50\)"),
+    ({"temperature": -1.0}, "temperature must be a positive finite number"),
+    ({"step_size": lambda t: float("nan")}, "step_size must be a positive finite number"),
+    ({"chains": 0}, "chains must be >= 1"),
+    ({"thin": 0}, "thin must be >= 1"),
+])
+def test_bad_arguments(kwargs, match):
+    args = dict(input_shape=(1, 12, 12), steps=20, burn_in=0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        ldam.sample(SmallConvNet(), "fc:0", **args)
+
+
+def test_regularizers_must_be_values():
+    with pytest.raises(TypeError, match=r"ldam.L2\(1.0\)"):
+        ldam.sample(SmallConvNet(), "fc:0", input_shape=(1, 12, 12), regularizers=[1.0], steps=5, burn_in=0)
+
+
+def test_box_errors():
+    with pytest.raises(ValueError, match="low < high"):
+        ldam.Box(1.0, 0.0)
+    with pytest.raises(ValueError, match="2 per-channel bounds but the input has 1 channels"):
+        ldam.sample(SmallConvNet(), "fc:0", input_shape=(1, 12, 12), steps=5, burn_in=0,
+                    regularizers=[ldam.Box([0, 0], [1, 1])])
