@@ -36,25 +36,27 @@ class FixedBurnIn(BurnIn):
 class AutoBurnIn(BurnIn):
     """Burn-in ends when the activation is near its running maximum and no longer rising.
 
-    The activation of each chain is averaged over blocks of ``window`` steps: ``m_k``. With
-    ``M = max_{i≤k} m_i`` (the running maximum), ``r = M − m_0`` (how far the chain rose) and
-    ``s`` the standard deviation of ``f`` within block ``k``, a chain is *settled* at block
-    ``k ≥ 2`` when
+    For each target, ``f`` is averaged over its chains and over blocks of ``window`` steps:
+    ``m_k``, with standard error ``e_k`` (from the spread of the chains' block means). With
+    ``M = max_{i≤k} m_i`` the running maximum and ``r = M − m_0`` how far the target rose,
+    the target is *settled* at block ``k`` when
 
-        M − m_k ≤ tol·r + s     (near its running maximum)   and
-        m_k − m_{k−1} ≤ tol·r + s/√window   (no longer rising).
+        M − m̄ ≤ tol·r + 2·ē         (near its running maximum)   and
+        m̄ − m̄' ≤ tol·r + 2·ē        (no longer rising),
 
-    Burn-in ends at the end of the first block where at least ``fraction`` of the chains are
-    settled, or after ``max_steps`` (with a warning from the sampler) if that never happens.
+    where ``m̄`` is the mean of the last ``patience`` blocks, ``m̄'`` that of the ``patience``
+    blocks before them, and ``ē`` the standard error of ``m̄``. Burn-in ends at the first block
+    where every target is settled, or at ``max_steps`` (the sampler then warns).
     """
 
     window: int = 50
-    tol: float = 0.05
-    fraction: float = 0.9
+    tol: float = 0.02
+    patience: int = 3
     max_steps: int | None = None
     _sum: torch.Tensor | None = field(default=None, init=False, repr=False)
     _sq: torch.Tensor | None = field(default=None, init=False, repr=False)
     _means: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    _errs: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
     _done: bool = field(default=False, init=False, repr=False)
     timed_out: bool = field(default=False, init=False)
 
@@ -64,24 +66,32 @@ class AutoBurnIn(BurnIn):
         return self._done
 
     def observe(self, t: int, f: torch.Tensor) -> None:
-        f = f.detach().double()
+        """``f`` is ``[n_targets, chains]`` (or ``[batch]``, read as one target)."""
+        f = f.detach().double().reshape(-1, f.shape[-1]) if f.dim() > 1 else f.detach().double()[None]
         self._sum = f.clone() if self._sum is None else self._sum + f
         self._sq = f * f if self._sq is None else self._sq + f * f
         if (t + 1) % self.window:
             return
-        m = self._sum / self.window
-        s = (self._sq / self.window - m * m).clamp_min(0).sqrt()
+        chain_means = self._sum / self.window  # [targets, chains]
+        chains = chain_means.shape[1]
+        m = chain_means.mean(1)
+        if chains > 1:
+            err = chain_means.std(1) / chains**0.5
+        else:  # one chain: fall back on the spread within the block
+            err = (self._sq[:, 0] / self.window - m * m).clamp_min(0).sqrt() / self.window**0.5
         self._sum = self._sq = None
         self._means.append(m)
-        if len(self._means) < 3:
+        self._errs.append(err)
+        p = self.patience
+        if len(self._means) < 2 * p:
             return
         means = torch.stack(self._means)
         top = means.max(0).values
-        rise = (top - means[0]).clamp_min(0)
-        near = top - m <= self.tol * rise + s
-        flat = m - means[-2] <= self.tol * rise + s / self.window**0.5
-        settled = (near & flat).double().mean().item()
-        self._done = settled >= self.fraction
+        recent, before = means[-p:].mean(0), means[-2 * p:-p].mean(0)
+        slack = self.tol * (top - means[0]).clamp_min(0) + 2 * torch.stack(self._errs[-p:]).mean(0) / p**0.5
+        near = top - recent <= slack
+        flat = recent - before <= slack
+        self._done = bool((near & flat).all())
 
 
 def make_burn_in(burn_in: int | str | BurnIn) -> BurnIn:

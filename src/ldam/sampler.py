@@ -248,7 +248,7 @@ class Sampler:
         for r in self.energy.regularizers:
             r.observe(self.x, t)
         if self.burn_in_step is None:
-            self.burn_in.observe(t, f)
+            self.burn_in.observe(t, f.view(len(self.targets), self.chains))
         self.t = t + 1
         if self.t - self._checked >= self.check_every:
             self._check()
