@@ -1,0 +1,153 @@
+"""The model zoo: ready models to explore, named ``zoo:NAME`` wherever a model is accepted.
+
+Each entry knows its input shape, its preprocessing (model input = (pixel − mean) / std with
+pixels in [0, 1]), its class names, and its weights, which the project's own ``ldam train``
+produced (recipe and measured accuracy in ``weights/NAME.json``).
+
+Checkpoints are loaded safely: ``torch.load(weights_only=True)`` of a state dict plus the
+name of an architecture from :data:`ARCHITECTURES`; no arbitrary object is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, LdamError
+from .lenet import LeNet5
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"lenet5": LeNet5}
+
+MNIST_CLASSES = [str(i) for i in range(10)]
+
+
+@dataclass
+class ModelInfo:
+    """What ldam needs to know about a model beyond its weights."""
+
+    name: str
+    arch: str
+    input_shape: tuple[int, ...]
+    class_names: list[str] | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    dataset: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"input_shape": list(self.input_shape), "class_names": self.class_names, "mean": list(self.mean),
+                "std": list(self.std), "dataset": self.dataset, **self.meta}
+
+
+_ENTRIES: dict[str, ModelInfo] = {
+    "lenet-mnist": ModelInfo("lenet-mnist", "lenet5", (1, 28, 28), MNIST_CLASSES, (0.1307,), (0.3081,), "mnist"),
+}
+
+
+def names() -> list[str]:
+    return list(_ENTRIES)
+
+
+def entry(name: str) -> ModelInfo:
+    if name not in _ENTRIES:
+        close = difflib.get_close_matches(name, names(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise LdamError(f"no zoo model named {name!r}.{hint} Available: {', '.join('zoo:' + n for n in names())}")
+    info = _ENTRIES[name]
+    record = WEIGHTS / f"{name}.json"
+    if record.exists():
+        info.meta = json.loads(record.read_text())
+    return info
+
+
+def build(arch: str) -> nn.Module:
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]()
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_state(model: nn.Module, state: Any, path: Path) -> None:
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"{path} does not fit architecture {type(model).__name__}: {' '.join(first[:3])}"
+        ) from None
+
+
+def load(name: str) -> tuple[nn.Module, ModelInfo]:
+    """A zoo model in eval mode, with its weights checked against their recorded SHA-256."""
+    info = entry(name)
+    path = WEIGHTS / f"{name}.pt"
+    if not path.exists():
+        raise LdamError(f"the weights of zoo:{name} are missing ({path}); reinstall ldam")
+    want = info.meta.get("sha256")
+    if want and _file_sha256(path) != want:
+        raise CheckpointError(f"{path} fails its checksum (expected {want}); reinstall ldam")
+    model = build(info.arch)
+    _load_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
+    return model.eval(), info
+
+
+def save_checkpoint(model: nn.Module, arch: str, path: str | Path, info: ModelInfo | None = None) -> Path:
+    """Write ``{"arch", "state_dict", "meta"}``, the format :func:`load_checkpoint` reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = info.to_meta() if info is not None else {}
+    torch.save({"arch": arch, "state_dict": model.state_dict(), "meta": meta}, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """Load a checkpoint written by :func:`save_checkpoint` (or ``ldam train``), safely."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass zoo:NAME ({', '.join(names())}) or a file")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the cause is reported
+        raise CheckpointError(
+            f"cannot load {path} safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}). ldam only loads "
+            "weights-only checkpoints: {'arch': NAME, 'state_dict': ..., 'meta': {...}}"
+        ) from None
+    if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
+        raise CheckpointError(
+            f"{path} is not an ldam checkpoint: expected a dict with 'arch' (one of {', '.join(ARCHITECTURES)}) "
+            "and 'state_dict'; save one with ldam.zoo.save_checkpoint(model, arch, path)"
+        )
+    model = build(str(blob["arch"]))
+    _load_state(model, blob["state_dict"], path)
+    meta = dict(blob.get("meta") or {})
+    shape = tuple(meta.pop("input_shape", None) or ())
+    info = ModelInfo(
+        path.name, str(blob["arch"]), shape, meta.pop("class_names", None),
+        tuple(meta.pop("mean", None) or (0.0,)), tuple(meta.pop("std", None) or (1.0,)), meta.pop("dataset", None), meta,
+    )
+    return model.eval(), info
+
+
+def load_model(spec: str) -> tuple[nn.Module, ModelInfo]:
+    """``zoo:NAME`` or a checkpoint path."""
+    if spec.startswith("zoo:"):
+        return load(spec[4:])
+    return load_checkpoint(spec)
+
+
+__all__ = ["ARCHITECTURES", "ModelInfo", "names", "entry", "load", "load_model", "load_checkpoint",
+           "save_checkpoint", "build", "LeNet5"]
