@@ -113,14 +113,24 @@ class Box(Regularizer):
         return self.weight is None
 
     def bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        lo = torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
-        hi = torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
-        if lo.dim() == 1:
-            if lo.numel() != x.shape[1]:
-                raise ValueError(f"Box has {lo.numel()} per-channel bounds but the input has {x.shape[1]} channels")
-            lo, hi = lo.view(shape), hi.view(shape)
+        """``low`` and ``high`` as tensors that broadcast against ``x``."""
+        lo, hi, _ = self._layout(x)
         return lo, hi
+
+    def _layout(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = (x.dtype, x.device, x.dim(), repr(self.low), repr(self.high))
+        cache = self.__dict__.setdefault("_bounds", {})
+        if key not in cache:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            lo = torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
+            hi = torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
+            if lo.dim() == 1:
+                if lo.numel() != x.shape[1]:
+                    raise ValueError(f"Box has {lo.numel()} per-channel bounds but the input has {x.shape[1]} channels")
+                lo, hi = lo.view(shape), hi.view(shape)
+            cache.clear()
+            cache[key] = (lo, hi, hi - lo)
+        return cache[key]
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         if self.hard:
@@ -141,10 +151,10 @@ class Box(Regularizer):
 
     def reflect_(self, x: torch.Tensor) -> torch.Tensor:
         """Fold ``x`` back into the box by reflecting at the walls (in place)."""
-        lo, hi = self.bounds(x)
-        width = hi - lo
-        y = torch.remainder(x - lo, 2 * width)
-        return x.copy_(lo + torch.where(y > width, 2 * width - y, y))
+        lo, _, width = self._layout(x)
+        # y = (x − lo) mod 2w folds onto [0, 2w); lo + w − |y − w| reflects the upper half.
+        x.sub_(lo).remainder_(2 * width).sub_(width).abs_().neg_().add_(width).add_(lo)
+        return x
 
 
 class Energy:
