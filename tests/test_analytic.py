@@ -110,3 +110,11 @@ def test_thinning_keeps_every_nth_state_of_the_same_chain():
                        regularizers=[ldam.L2(2.0)], burn_in=20, thin=7)
     assert thin.samples.shape[1] == math.ceil(100 / 7)
     torch.testing.assert_close(thin.samples, full.samples[:, ::7])
+
+
+def test_mean_without_keeping_samples_is_the_same():
+    kept = run("sgld", 0.01, steps=200, burn_in=50, chains=4)
+    lean = ldam.sample(LinearNeuron(W), "output:0", input_shape=(1, 4, 4), chains=4, steps=200, step_size=0.01,
+                       regularizers=[ldam.L2(2.0)], burn_in=50, keep_samples=False)
+    assert lean.samples.shape[1] == 0
+    torch.testing.assert_close(lean.mean, kept.mean, rtol=1e-4, atol=1e-5)

@@ -139,3 +139,24 @@ def test_one_dimensional_signals_and_n_channel_inputs():
     res = ldam.sample(m, ["0:1", "2:2"], input_shape=(5, 8, 8), chains=3, steps=20, burn_in=5)
     assert res.mean.shape == (6, 5, 8, 8)
     assert torch.isfinite(res.activations).all()
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_value_and_grad_equals_autograd_of_the_direct_expression(dense, monkeypatch):
+    import ldam.targets as targets_module
+
+    if not dense:
+        monkeypatch.setattr(targets_module, "_DENSE_SEED_LIMIT", 0)
+    m, ts = resolved(["conv1:2", "conv1:1@4,6", "conv2:5", "fc:3", "output:0"], chains=2)
+    assert (ts._seeds is not None) == dense
+    x = torch.randn(ts.batch, 1, 12, 12)
+    with model_guard(m), ts.attached():
+        f, g = ts.value_and_grad(x)
+    xr = x.clone().requires_grad_(True)
+    c1 = m.conv1(xr)
+    c2 = m.conv2(m.pool(m.relu1(c1)))
+    out = m(xr)
+    want = torch.cat([c1[0:2, 2].mean((1, 2)), c1[2:4, 1, 4, 6], c2[4:6, 5].mean((1, 2)), out[6:8, 3], out[8:10, 0]])
+    (g_want,) = torch.autograd.grad(want.sum(), xr)
+    torch.testing.assert_close(f, want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, g_want, rtol=1e-5, atol=1e-6)

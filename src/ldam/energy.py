@@ -27,6 +27,8 @@ class Regularizer:
 
     name: str = "regularizer"
     weight: float
+    #: True when ``∇R(x) = x`` exactly, so samplers may fold ``λ∇R`` into a scalar multiply.
+    identity_gradient: bool = False
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """``R(x)`` for each example of the batch, shape ``[batch]``."""
@@ -49,6 +51,7 @@ class L2(Regularizer):
 
     weight: float = 1.0
     name: str = field(default="l2", init=False)
+    identity_gradient = True
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * x.flatten(1).pow(2).sum(1)
@@ -183,11 +186,7 @@ class Energy:
 
     def activation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``f(x)`` per row and ``∇_x f`` (rows are independent: the model runs in eval mode)."""
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            f = self.targets.activation(xr)
-            (g,) = torch.autograd.grad(f.sum(), xr)
-        return f.detach(), g
+        return self.targets.value_and_grad(x)
 
     def prior(self, x: torch.Tensor, with_value: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``Σ λ_i R_i(x)`` per row (if asked) and its gradient; ``None`` when there is no prior."""
@@ -199,6 +198,18 @@ class Energy:
                 v = r.value(x)
                 value = r.weight * v if value is None else value + r.weight * v
         return value, grad
+
+    def prior_split(self, x: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+        """``Σ λ_i ∇R_i(x)`` as ``k·x + rest``: ``k`` sums the weights of regularizers with
+        ``∇R(x) = x`` (L2), ``rest`` is the other gradients (``None`` if there are none)."""
+        k, rest = 0.0, None
+        for r in self.soft:
+            if r.identity_gradient:
+                k += r.weight
+            else:
+                g = r.grad(x)
+                rest = r.weight * g if rest is None else rest.add_(g, alpha=r.weight)
+        return k, rest
 
     def inside(self, x: torch.Tensor) -> torch.Tensor | None:
         """Per row, whether ``x`` satisfies every hard constraint (``None`` if there are none)."""

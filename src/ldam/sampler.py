@@ -118,7 +118,7 @@ class Sampler:
         self.dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
         with model_guard(model):
             self.layers = probe_layers(model, self.input_shape, self.device)
-            self.target_set: TargetSet = resolve(model, targets, self.input_shape, chains, self.layers).to(self.device)
+            self.target_set: TargetSet = resolve(model, targets, self.input_shape, chains, self.layers).to(self.device, self.dtype)
         self.targets = self.target_set.targets
         self.chains = chains
         self.energy = Energy(self.target_set, regularizers)
@@ -273,9 +273,10 @@ class Sampler:
 
     def _keep(self) -> None:
         self._kept += 1
-        self._sum.add_(self.x)
         if self.keep_samples:
             self._samples.append(self.x.clone())
+        else:
+            self._sum.add_(self.x)
 
     def _check(self, final: bool = False) -> None:
         """Raise a clear error if any chain left the finite numbers since the last check."""
@@ -325,7 +326,11 @@ class Sampler:
     @property
     def mean(self) -> torch.Tensor | None:
         """Mean of the kept states, ``[batch, *input_shape]`` (``None`` before burn-in ends)."""
-        return None if self._kept == 0 else (self._sum / self._kept).to(self.dtype)
+        if self._kept == 0:
+            return None
+        if self.keep_samples:
+            return torch.stack(self._samples).mean(0)
+        return self._sum / self._kept
 
     @property
     def samples(self) -> torch.Tensor:

@@ -124,11 +124,15 @@ class SGLD(Method):
     name = "sgld"
 
     def step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        eps = ctx.step_size
+        eps, temp = ctx.step_size, ctx.temperature
         f, gf = ctx.energy.activation(x)
-        _, gp = ctx.energy.prior(x, with_value=False)
-        g = grad_log_prob(gf, gp, ctx.temperature)
-        x.add_(g, alpha=eps / 2).add_(ctx.noise.normal(), alpha=math.sqrt(eps))
+        k, rest = ctx.energy.prior_split(x)
+        if rest is not None:
+            gf.sub_(rest)
+        # x + (ε/2T)(∇f − k·x − rest) + √ε ξ, with the L2 part as one scalar multiply
+        if k:
+            x.mul_(1 - eps * k / (2 * temp))
+        x.add_(gf, alpha=eps / (2 * temp)).add_(ctx.noise.normal(), alpha=math.sqrt(eps))
         ctx.energy.project_(x)
         return f
 

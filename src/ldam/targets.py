@@ -19,6 +19,7 @@ target) in one forward pass that stops as soon as every target layer has been co
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from torch import nn
 from .errors import ShapeError, TargetError
 
 OUTPUT = "output"
+_DENSE_SEED_LIMIT = 1 << 24
 
 _GRAMMAR = re.compile(
     r"^(?P<layer>[^\s:@]+):(?P<units>\*|\d+(?:-\d+)?)(?:@(?P<pos>\d+(?:,\d+)*))?$"
@@ -246,10 +248,32 @@ class TargetSet:
                     (name, None if all_rows else torch.tensor(rows), torch.tensor(flat).unsqueeze(1), use_mean)
                 )
 
-    def to(self, device: torch.device | str) -> "TargetSet":
+        # ∂(Σ_rows f)/∂(layer output) is a fixed selection tensor per layer; passing it as
+        # grad_outputs skips differentiating the read-out. Skipped for layers too large for it.
+        self._seeds: dict[str, torch.Tensor] | None = {}
+        for name, rows, flat, use_mean in self._readers:
+            shape = layers[name].shape
+            numel = max(1, math.prod(shape))
+            if self.batch * numel > _DENSE_SEED_LIMIT:
+                self._seeds = None
+                break
+            seed = self._seeds.setdefault(name, torch.zeros(self.batch, numel))
+            r = torch.arange(self.batch) if rows is None else rows
+            n_pos = max(1, math.prod(layers[name].spatial))
+            if use_mean:
+                cols = flat.squeeze(1)[:, None] * n_pos + torch.arange(n_pos)[None]
+                seed[r[:, None], cols] = 1.0 / n_pos
+            else:
+                seed[r, flat.squeeze(1)] = 1.0
+        if self._seeds is not None:
+            self._seeds = {n: g.view(self.batch, *layers[n].shape) for n, g in self._seeds.items()}
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "TargetSet":
         self._readers = [
             (n, None if r is None else r.to(device), f.to(device), m) for n, r, f, m in self._readers
         ]
+        if self._seeds is not None:
+            self._seeds = {n: g.to(device, dtype) for n, g in self._seeds.items()}
         return self
 
     def describe(self) -> list[str]:
@@ -281,6 +305,23 @@ class TargetSet:
 
         Call inside :meth:`attached` when any target is an inner layer.
         """
+        return self._read(self._forward(x))
+
+    def value_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f(x)`` per row and ``∇_x f`` (rows are independent when the model is in eval mode)."""
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            captured = self._forward(xr)
+            if self._seeds is None:
+                f = self._read(captured)
+                (g,) = torch.autograd.grad(f.sum(), xr)
+                return f.detach(), g
+            names = list(self._seeds)
+            (g,) = torch.autograd.grad([captured[n] for n in names], xr, [self._seeds[n] for n in names])
+        with torch.no_grad():
+            return self._read(captured), g
+
+    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         captured = self._captured = {}
         try:
             captured[OUTPUT] = self.model(x)
@@ -289,6 +330,9 @@ class TargetSet:
         missing = [n for n, *_ in self._readers if n not in captured]
         if missing:
             raise TargetError(f"layers {missing} were not computed in the forward pass (is the sampler attached?)")
+        return captured
+
+    def _read(self, captured: dict[str, torch.Tensor]) -> torch.Tensor:
         f = None
         for name, rows, flat, use_mean in self._readers:
             a = captured[name]

@@ -1,0 +1,92 @@
+"""Sampler step cost against a bare forward+backward, measured side by side in one process.
+
+1. LeNet (zoo:lenet-mnist), 100 chains (10 targets x 10 chains): one full sampler step
+   (SGLD, L2, activation trace, kept samples, moving average) against one bare
+   ``autograd.grad(model(x).sum(), x)`` on the same batch. Target: ratio <= 1.05.
+2. Forward truncation: a step for a first-layer target against a full forward+backward of
+   a deeper net (a VGG-style CIFAR net), same batch. Target: >= 5x cheaper.
+
+The two timings of each pair alternate in short blocks, so drifts in machine load hit both;
+the reported ratio is the median over blocks.
+
+    python benchmarks/bench_step.py [--blocks 15] [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import ldam
+import ldam.zoo
+
+
+def bare_step(model: nn.Module, x: torch.Tensor) -> None:
+    xr = x.detach().requires_grad_(True)
+    torch.autograd.grad(model(xr).sum(), xr)
+
+
+def interleaved(a, b, blocks: int, steps: int) -> tuple[float, float, float]:
+    """Median per-call seconds of ``a`` and ``b`` and the median of the per-block ratios b/a."""
+    ta, tb, ratios = [], [], []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        a(steps)
+        t1 = time.perf_counter()
+        b(steps)
+        t2 = time.perf_counter()
+        ta.append((t1 - t0) / steps)
+        tb.append((t2 - t1) / steps)
+        ratios.append((t2 - t1) / (t1 - t0))
+    return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
+
+
+class VGGish(nn.Module):
+    """A VGG-style CIFAR-10 net (6 conv + 2 FC), standing in for any deeper model."""
+
+    def __init__(self):
+        super().__init__()
+        def block(i, o):
+            return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.Conv2d(o, o, 3, padding=1),
+                    nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128 * 16, 256), nn.ReLU(), nn.Linear(256, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--blocks", type=int, default=15)
+    p.add_argument("--steps", type=int, default=40)
+    a = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    model, info = ldam.zoo.load("lenet-mnist")
+    sampler = ldam.Sampler(model, "output:0-9", info.input_shape, chains=10, step_size=0.004, temperature=0.02,
+                           regularizers=[ldam.L2(0.3)], burn_in=0, ema_tau=200)
+    x = sampler.x.clone()
+    bare = lambda n: [bare_step(model, x) for _ in range(n)]  # noqa: E731
+    bare(20), sampler.run(20)
+    tb, ts, r = interleaved(bare, sampler.run, a.blocks, a.steps)
+    print(f"[1] LeNet, 100 chains (10 targets x 10): bare forward+backward {tb * 1e3:.2f} ms, "
+          f"sampler step {ts * 1e3:.2f} ms, ratio {r:.3f} (target <= 1.05)")
+
+    torch.manual_seed(0)
+    deep = VGGish().eval()
+    s1 = ldam.Sampler(deep, "features.0:5@16,16", (3, 32, 32), chains=64, regularizers=[ldam.L2(1.0)], burn_in=0)
+    x = s1.x.clone()
+    full = lambda n: [bare_step(deep, x) for _ in range(n)]  # noqa: E731
+    full(3), s1.run(3)
+    tf, tt, r2 = interleaved(full, s1.run, max(5, a.blocks // 2), max(5, a.steps // 4))
+    print(f"[2] VGG-style net, 64 chains: full forward+backward {tf * 1e3:.2f} ms, first-layer target step "
+          f"{tt * 1e3:.2f} ms, {1 / r2:.1f}x cheaper (target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()
