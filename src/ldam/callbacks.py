@@ -56,13 +56,15 @@ class ProgressBar(Callback):
 class GifRecorder(Callback):
     """Record the chains every ``every`` steps and write an animated GIF at the end.
 
-    ``what`` is ``"state"`` (the chains as they move) or ``"ema"`` (the running average).
+    ``what`` is ``"state"`` (the chains as they move), ``"ema"`` (their moving average, once
+    burn-in is over) or ``"auto"`` (the state during burn-in, then the moving average).
     """
 
-    def __init__(self, path: str | Path, every: int = 20, what: str = "state", display: str = "signed",
-                 max_frames: int = 200, fps: float = 10.0, **norm: Sequence[float]):
-        if what not in ("state", "ema"):
-            raise ValueError(f"GifRecorder records 'state' or 'ema', got {what!r}")
+    def __init__(self, path: str | Path, every: int = 20, what: str = "auto", display: str = "signed",
+                 max_frames: int = 200, fps: float = 10.0, zoom: int = 1, **norm: Sequence[float]):
+        if what not in ("state", "ema", "auto"):
+            raise ValueError(f"GifRecorder records 'state', 'ema' or 'auto', got {what!r}")
+        self.zoom = zoom
         self.path, self.every, self.what, self.display = Path(path), max(1, every), what, display
         self.max_frames, self.fps, self.norm = max_frames, fps, norm
         self.frames: list[Image.Image] = []
@@ -70,8 +72,8 @@ class GifRecorder(Callback):
     def on_step(self, sampler: "Sampler", info: "StepInfo") -> None:
         if info.t % self.every or len(self.frames) >= self.max_frames:
             return
-        x = sampler.ema if self.what == "ema" and sampler.ema is not None else sampler.x
-        self.frames.append(batch_grid(x, sampler.chains, self.display, **self.norm))
+        x = sampler.ema if self.what != "state" and sampler.ema is not None else sampler.x
+        self.frames.append(batch_grid(x, sampler.chains, self.display, zoom=self.zoom, **self.norm))
 
     def on_end(self, sampler: "Sampler", result: "Result") -> None:
         if self.frames:

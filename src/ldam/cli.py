@@ -79,35 +79,38 @@ def _regularizers(args: argparse.Namespace, info) -> list[Regularizer]:
     return regs
 
 
-def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, l2: float) -> None:
+def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, pixel_range: bool) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--chains", type=_positive(int), default=chains, help="chains per target (default: %(default)s)")
     g.add_argument("--steps", type=_positive(int), default=steps, help="Langevin steps (default: %(default)s)")
-    g.add_argument("--step-size", type=_schedule, default=0.01, metavar="EPS",
+    g.add_argument("--step-size", type=_schedule, default=0.004, metavar="EPS",
                    help="step size ε, or cyclic:HOT,COLD,PERIOD (default: %(default)s)")
-    g.add_argument("--temperature", type=_schedule, default=1.0, metavar="T",
+    g.add_argument("--temperature", type=_schedule, default=0.02, metavar="T",
                    help="temperature T, or cyclic:HOT,COLD,PERIOD to anneal between modes (default: %(default)s)")
     g.add_argument("--method", choices=["sgld", "mala", "psgld", "paper"], default="sgld",
                    help="update rule: sgld, mala (exact, reports acceptance), psgld (preconditioned), paper "
                    "(the authors' normalized-gradient update) (default: %(default)s)")
     g.add_argument("--burn-in", type=_burn_in, default=None, metavar="N|auto",
                    help="steps to discard before averaging, or 'auto' (default: a quarter of --steps)")
-    g.add_argument("--thin", type=_positive(int), default=1, help="keep every N-th state (default: %(default)s)")
+    g.add_argument("--thin", type=_positive(int), default=None,
+                   help="keep every N-th state (default: keep about 100 states per chain)")
     g.add_argument("--ema-tau", type=_positive(float), default=200.0,
                    help="time constant of the moving average, in steps (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    r = p.add_argument_group("energy: log p(x) = (f(x) - Σ λ R(x)) / T")
-    r.add_argument("--l2", type=float, default=l2, metavar="λ", help="weight of R = ½‖x‖² (default: %(default)s; 0 for none)")
+    r = p.add_argument_group("energy: log p(x) = (f(x) - Σ λ R(x)) / T",
+                             "The defaults suit the zoo models, whose inputs are normalized pixels.")
+    r.add_argument("--l2", type=float, default=0.3, metavar="λ", help="weight of R = ½‖x‖² (default: %(default)s; 0 for none)")
     r.add_argument("--tv", type=float, default=0.0, metavar="λ", help="weight of total variation (default: none)")
-    r.add_argument("--pixel-range", action="store_true",
-                   help="keep inputs inside the pixel range [0, 1] (in the model's normalized units)")
+    r.add_argument("--pixel-range", action=argparse.BooleanOptionalAction, default=pixel_range,
+                   help="keep inputs inside the pixel range [0, 1], in the model's normalized units "
+                   "(default: %(default)s)")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<time>)")
     o.add_argument("--display", choices=["signed", "pixel"], default="signed",
                    help="signed: the paper's grey display (largest |value| → 127, plus 128); pixel: the "
                    "model's input mapped back to pixels (default: %(default)s)")
     o.add_argument("--gif-every", type=_positive(int), default=None, metavar="N",
-                   help="record the chains for the GIF every N steps (default: steps/100)")
+                   help="record the chains for the GIF every N steps (default: steps/60)")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -117,15 +120,16 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
     out: Path = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     burn_in = args.burn_in if args.burn_in is not None else args.steps // 4
+    thin = args.thin or max(1, (args.steps - (burn_in if isinstance(burn_in, int) else args.steps // 2)) // 100)
     norm = {"mean": tuple(getattr(info, "mean", None) or (0.0,)), "std": tuple(getattr(info, "std", None) or (1.0,))}
-    gif_every = args.gif_every or max(1, args.steps // 100)
+    gif_every = args.gif_every or max(1, args.steps // 60)
     callbacks = [GifRecorder(out / "chains.gif", every=gif_every, display=args.display, **norm)]
     if not args.quiet:
         callbacks.append(ProgressBar(total=args.steps))
     res = sample(
         model, list(targets), input_shape=input_shape, chains=args.chains, steps=args.steps,
         step_size=args.step_size, temperature=args.temperature, regularizers=_regularizers(args, info),
-        method=args.method, burn_in=burn_in, thin=args.thin, seed=args.seed, ema_tau=args.ema_tau,
+        method=args.method, burn_in=burn_in, thin=thin, seed=args.seed, ema_tau=args.ema_tau,
         callbacks=callbacks,
     )
     res.config["model_spec"] = model_spec
@@ -198,13 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LAYER:UNIT, LAYER:UNIT@Y,X, LAYER:A-B, LAYER:* or output:UNIT; repeat for more")
     s.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
                    help="one example's shape, e.g. 1 28 28 (default: the model's own)")
-    _add_sampling_options(s, steps=2000, chains=8, l2=1.0)
+    _add_sampling_options(s, steps=2000, chains=8, pixel_range=False)
     s.set_defaults(func=cmd_sample)
 
     d = sub.add_parser("demo", help=f"sample the 10 digit neurons of {DEMO_MODEL} (the quick start)",
                        description=f"Sample the 10 output neurons of {DEMO_MODEL}, 10 chains each, and "
                        "write grid.png, targets.png, chains.gif and result.pt to runs/demo.")
-    _add_sampling_options(d, steps=1500, chains=10, l2=1.0)
+    _add_sampling_options(d, steps=1500, chains=10, pixel_range=True)
     d.set_defaults(func=cmd_demo)
 
     ly = sub.add_parser("layers", help="list every addressable layer with its output shape and units",
