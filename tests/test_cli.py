@@ -1,0 +1,91 @@
+"""The command line, end to end: demo, sample, layers, eval, errors and --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import ldam
+from ldam.cli import main
+from ldam.zoo import LeNet5, ModelInfo, save_checkpoint
+
+
+def test_demo_writes_its_files(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--steps", "60", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("grid.png", "targets.png", "chains.gif", "result.pt", "config.json"):
+        assert (out / name).exists() and str(out / name) in printed
+    res = ldam.Result.load(out / "result.pt")
+    assert [str(t) for t in res.targets] == [f"output:{i}" for i in range(10)]
+    assert res.mean.shape == (100, 1, 28, 28) and res.activations.shape == (60, 100)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_spec"] == "zoo:lenet-mnist" and cfg["steps"] == 60
+    assert Image.open(out / "grid.png").size == Image.open(out / "grid.png").size
+    # the pixel-range box is on in the demo: every kept sample is a valid image
+    lo, hi = (0 - 0.1307) / 0.3081, (1 - 0.1307) / 0.3081
+    assert res.samples.min() >= lo - 1e-5 and res.samples.max() <= hi + 1e-5
+
+
+def test_sample_with_a_checkpoint_and_several_targets(tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(LeNet5(), "lenet5", tmp_path / "m.pt", ModelInfo("m", "lenet5", (1, 28, 28)))
+    out = tmp_path / "run"
+    code = main(["sample", "--model", str(ckpt), "--target", "conv2:3", "--target", "fc1:0-1", "--chains", "2",
+                 "--steps", "40", "--method", "mala", "--out", str(out), "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "MALA acceptance rate" in text and "conv2:3" in text
+    res = ldam.Result.load(out / "result.pt")
+    assert res.samples.shape[0] == 6
+
+
+def test_layers_lists_shapes_and_units(capsys):
+    assert main(["layers", "zoo:lenet-mnist"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["conv1"][2:4] == ["[6,", "28,"] and rows["conv1"][-2] == "6"
+    assert rows["fc3"][-2] == "10" and rows["output"][-2] == "10"
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["sample", "--model", "zoo:lenet-mnist", "--target", "fc9:0", "--steps", "5"], "unknown layer 'fc9'.*'fc3'"),
+    (["sample", "--model", "zoo:lenet-mnist", "--target", "fc3:12", "--steps", "5"], r"10 units \(0-9\)"),
+    (["sample", "--model", "zoo:lenet", "--target", "fc3:1"], "no zoo model named 'lenet'.*lenet-mnist"),
+    (["sample", "--model", "nowhere.pt", "--target", "fc3:1"], "checkpoint nowhere.pt does not exist"),
+    (["layers", "zoo:lenet-mnist", "--input-shape", "3", "32", "32"], r"rejects input shape \(3, 32, 32\)"),
+])
+def test_errors_are_one_line_with_exit_code_2(argv, match, capsys):
+    import re
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ldam: error: ")
+    assert re.search(match, err), err
+
+
+def test_a_pickled_object_checkpoint_is_refused(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"arch": "lenet5", "state_dict": Evil()}, bad)
+    assert main(["layers", str(bad)]) == 2
+    assert "cannot load" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", [[], ["sample"], ["demo"], ["layers"], ["train"], ["eval"]])
+def test_help_for_every_command(cmd):
+    p = subprocess.run([sys.executable, "-m", "ldam.cli", *cmd, "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "usage: ldam" in p.stdout
+
+
+def test_the_installed_entry_point_runs():
+    p = subprocess.run([sys.executable, "-m", "ldam.cli", "sample", "--model", "zoo:lenet-mnist", "--target", "x"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "malformed target 'x'" in p.stderr
