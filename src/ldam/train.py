@@ -136,7 +136,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: tuple[torch.T
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += float((logits.argmax(1) == y_tr[idx]).sum())
             seen += len(idx)
             if (i // cfg.batch_size) % 20 == 0:
