@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -24,6 +25,9 @@ import numpy as np
 import torch
 
 from .energy import Energy, grad_log_prob, log_prob
+
+
+_PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ldam-noise")
 
 
 def chain_seeds(seed: int, keys: Sequence[str], chains: int) -> list[int]:
@@ -48,7 +52,9 @@ class ChainNoise:
     """Per-chain standard-normal and uniform streams, drawn in blocks to keep steps cheap.
 
     Chain ``j`` owns two generators seeded from its seed; the block length depends only on the
-    per-chain input size, so a chain's stream is the same whatever the batch holds.
+    per-chain input size, so a chain's stream is the same whatever the batch holds. The next
+    block of normals is drawn on a background thread while the model runs (two buffers, used
+    in turn); each generator is only ever advanced in order, so the streams are unchanged.
     """
 
     def __init__(self, seeds: Sequence[int], shape: Sequence[int], device: torch.device, dtype: torch.dtype):
@@ -57,9 +63,11 @@ class ChainNoise:
         self._normal = [torch.Generator().manual_seed(s) for s in seeds]
         self._uniform = [torch.Generator().manual_seed((s * 6364136223846793005 + 1) % 2**63) for s in seeds]
         numel = max(1, math.prod(self.shape))
-        self.block = int(min(64, max(1, 2**20 // numel)))
-        self._n = self._u = None
+        self.block = int(min(64, max(1, 2**13 // numel)))
+        self._u = None
         self._i = self._j = self.block
+        self._next: Future | None = None
+        self._spare: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -72,14 +80,23 @@ class ChainNoise:
     def normal(self) -> torch.Tensor:
         """The next ``[batch, *shape]`` standard-normal draw (a strided view into the block)."""
         if self._i == self.block:
-            if self._n is None:
-                self._n = torch.empty((self.batch, self.block, *self.shape))
-            for j, g in enumerate(self._normal):
-                torch.randn((self.block, *self.shape), generator=g, out=self._n[j])
-            self._dev = self._n.to(self.device, self.dtype)
+            if self._next is None:
+                self._next = _PREFETCH.submit(self._fill, self._buffer())
+            current = self._next.result()
+            self._next = _PREFETCH.submit(self._fill, self._spare if self._spare is not None else self._buffer())
+            self._spare = current
+            self._dev = current.to(self.device, self.dtype)
             self._i = 0
         self._i += 1
         return self._dev.select(1, self._i - 1)
+
+    def _buffer(self) -> torch.Tensor:
+        return torch.empty((self.batch, self.block, *self.shape))
+
+    def _fill(self, buf: torch.Tensor) -> torch.Tensor:
+        for j, g in enumerate(self._normal):
+            torch.randn((self.block, *self.shape), generator=g, out=buf[j])
+        return buf
 
     def uniform(self) -> torch.Tensor:
         if self._j == self.block:
