@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -25,9 +24,6 @@ import numpy as np
 import torch
 
 from .energy import Energy, grad_log_prob, log_prob
-
-
-_PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ldam-noise")
 
 
 def chain_seeds(seed: int, keys: Sequence[str], chains: int) -> list[int]:
@@ -52,9 +48,8 @@ class ChainNoise:
     """Per-chain standard-normal and uniform streams, drawn in blocks to keep steps cheap.
 
     Chain ``j`` owns two generators seeded from its seed; the block length depends only on the
-    per-chain input size, so a chain's stream is the same whatever the batch holds. The next
-    block of normals is drawn on a background thread while the model runs (two buffers, used
-    in turn); each generator is only ever advanced in order, so the streams are unchanged.
+    per-chain input size, so a chain's stream is the same whatever the batch holds. Blocks
+    are kept small (about 8K numbers per chain) so the buffer stays in cache.
     """
 
     def __init__(self, seeds: Sequence[int], shape: Sequence[int], device: torch.device, dtype: torch.dtype):
@@ -66,8 +61,7 @@ class ChainNoise:
         self.block = int(min(64, max(1, 2**13 // numel)))
         self._u = None
         self._i = self._j = self.block
-        self._next: Future | None = None
-        self._spare: torch.Tensor | None = None
+        self._buf: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -80,23 +74,14 @@ class ChainNoise:
     def normal(self) -> torch.Tensor:
         """The next ``[batch, *shape]`` standard-normal draw (a strided view into the block)."""
         if self._i == self.block:
-            if self._next is None:
-                self._next = _PREFETCH.submit(self._fill, self._buffer())
-            current = self._next.result()
-            self._next = _PREFETCH.submit(self._fill, self._spare if self._spare is not None else self._buffer())
-            self._spare = current
-            self._dev = current.to(self.device, self.dtype)
+            if self._buf is None:
+                self._buf = torch.empty((self.batch, self.block, *self.shape))
+            for j, g in enumerate(self._normal):
+                torch.randn((self.block, *self.shape), generator=g, out=self._buf[j])
+            self._dev = self._buf.to(self.device, self.dtype)
             self._i = 0
         self._i += 1
         return self._dev.select(1, self._i - 1)
-
-    def _buffer(self) -> torch.Tensor:
-        return torch.empty((self.batch, self.block, *self.shape))
-
-    def _fill(self, buf: torch.Tensor) -> torch.Tensor:
-        for j, g in enumerate(self._normal):
-            torch.randn((self.block, *self.shape), generator=g, out=buf[j])
-        return buf
 
     def uniform(self) -> torch.Tensor:
         if self._j == self.block:
