@@ -30,19 +30,26 @@ def bare_step(model: nn.Module, x: torch.Tensor) -> None:
     torch.autograd.grad(model(xr).sum(), xr)
 
 
-def interleaved(a, b, blocks: int, steps: int) -> tuple[float, float, float]:
-    """Median per-call seconds of ``a`` and ``b`` and the median of the per-block ratios b/a."""
-    ta, tb, ratios = [], [], []
+def interleaved(base, others, blocks: int, steps: int) -> tuple[float, list[float], list[float]]:
+    """Run ``base`` and each of ``others`` in turn, ``steps`` calls each, ``blocks`` times.
+
+    Returns the median seconds per call of ``base``, of each other, and the median over
+    blocks of each other's time divided by ``base``'s time in the same block.
+    """
+    tb, to, ratios = [], [[] for _ in others], [[] for _ in others]
     for _ in range(blocks):
         t0 = time.perf_counter()
-        a(steps)
-        t1 = time.perf_counter()
-        b(steps)
-        t2 = time.perf_counter()
-        ta.append((t1 - t0) / steps)
-        tb.append((t2 - t1) / steps)
-        ratios.append((t2 - t1) / (t1 - t0))
-    return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
+        base(steps)
+        t_base = time.perf_counter() - t0
+        tb.append(t_base / steps)
+        for i, fn in enumerate(others):
+            t0 = time.perf_counter()
+            fn(steps)
+            t = time.perf_counter() - t0
+            to[i].append(t / steps)
+            ratios[i].append(t / t_base)
+    med = statistics.median
+    return med(tb), [med(t) for t in to], [med(r) for r in ratios]
 
 
 class VGGish(nn.Module):
@@ -72,10 +79,19 @@ def main() -> None:
                            regularizers=[ldam.L2(0.3)], burn_in=0, ema_tau=200)
     x = sampler.x.clone()
     bare = lambda n: [bare_step(model, x) for _ in range(n)]  # noqa: E731
-    bare(20), sampler.run(20)
-    tb, ts, r = interleaved(bare, sampler.run, a.blocks, a.steps)
+
+    def minimal_sgld(n: int, xs: torch.Tensor = x.clone(), noise: torch.Tensor = torch.empty_like(x)) -> None:
+        for _ in range(n):
+            xr = xs.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(model(xr).sum(), xr)
+            xs.add_(g, alpha=0.1).add_(torch.randn(x.shape, out=noise), alpha=0.06)
+
+    bare(20), sampler.run(20), minimal_sgld(20)
+    tb, (ts, tm), (r, rm) = interleaved(bare, [sampler.run, minimal_sgld], a.blocks, a.steps)
     print(f"[1] LeNet, 100 chains (10 targets x 10): bare forward+backward {tb * 1e3:.2f} ms, "
-          f"sampler step {ts * 1e3:.2f} ms, ratio {r:.3f} (target <= 1.05)")
+          f"ldam sampler step {ts * 1e3:.2f} ms, minimal hand-written SGLD step {tm * 1e3:.2f} ms")
+    print(f"    ldam step / bare forward+backward = {r:.3f} (target <= 1.05); "
+          f"minimal SGLD / bare = {rm:.3f}; ldam / minimal = {r / rm:.3f}")
 
     torch.manual_seed(0)
     deep = VGGish().eval()
@@ -83,7 +99,7 @@ def main() -> None:
     x = s1.x.clone()
     full = lambda n: [bare_step(deep, x) for _ in range(n)]  # noqa: E731
     full(3), s1.run(3)
-    tf, tt, r2 = interleaved(full, s1.run, max(5, a.blocks // 2), max(5, a.steps // 4))
+    tf, (tt,), (r2,) = interleaved(full, [s1.run], max(5, a.blocks // 2), max(5, a.steps // 4))
     print(f"[2] VGG-style net, 64 chains: full forward+backward {tf * 1e3:.2f} ms, first-layer target step "
           f"{tt * 1e3:.2f} ms, {1 / r2:.1f}x cheaper (target >= 5x)")
 
