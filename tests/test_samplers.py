@@ -175,3 +175,14 @@ def test_streaming_sampler_knobs_take_effect_between_steps():
     s.set_method("mala")
     s.run(50)
     assert "acceptance" in s.method.stats()
+
+
+def test_reset_restarts_the_chains_and_the_history():
+    s = ldam.Sampler(LinearNeuron(W), "output:0", (1, 3, 3), chains=4, regularizers=[ldam.L2(1.0)], burn_in=5)
+    s.run(20)
+    before = s.x.clone()
+    s.reset()
+    assert s.t == 0 and s.activations.shape == (0, 4) and s.mean is None and not s.burned_in
+    assert not torch.allclose(s.x, before)
+    s.run(10)
+    assert s.burned_in and s.samples.shape[1] == 5
