@@ -1,9 +1,17 @@
 """``ldam train`` and ``ldam eval``: train zoo architectures with the paper's recipe.
 
-The recipe (PAPER.md §5): RMSProp with momentum, cross-entropy, a fixed number of epochs.
-Training is deterministic under a seed (epoch ``e`` shuffles with a generator seeded from
-``(seed, e)``), writes a checkpoint atomically after every epoch, and ``--resume`` continues
-from the last completed epoch with the same result as an uninterrupted run.
+The recipe (PAPER.md §5): RMSProp with momentum and cross-entropy for a fixed number of epochs.
+
+**Parameter averaging.** Over the last ``K = average_last`` epochs the trainer keeps the running
+mean of the weights after every optimizer step, ``θ̄ = (1/n) Σ_{s ≤ n} θ_s`` (a moving average
+of the parameters, as in the paper), then recomputes BatchNorm statistics for ``θ̄`` with one
+pass over the training data. **Prediction averaging** averages the softmax outputs of the K
+end-of-epoch snapshots. All three test accuracies are reported.
+
+Training is deterministic under a seed: epoch ``e`` shuffles (and augments) with a generator
+seeded from ``(seed, e)``. A checkpoint is written atomically after every epoch, and
+``--resume`` continues from the last completed epoch with the same result as an uninterrupted
+run. A validation split is carved from the training data with a fixed seed.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +33,43 @@ from tqdm.auto import tqdm
 from .errors import CheckpointError, LdamError
 from .zoo import ARCHITECTURES, ModelInfo, build, load_model, save_checkpoint
 
-DATASETS = {"mnist": {"input_shape": (1, 28, 28), "mean": (0.1307,), "std": (0.3081,),
-                      "class_names": [str(i) for i in range(10)]}}
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A training set: how to load it (uint8 NCHW), its normalization, classes, augmentation."""
+
+    load: Callable[[str], tuple[torch.Tensor, torch.Tensor]]
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+    augment: bool
+
+
+def _mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from .data import load_mnist
+
+    x, y = load_mnist(split)
+    return x.unsqueeze(1), y
+
+
+def _cifar10(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from .data import load_cifar10
+
+    return load_cifar10(split)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(_mnist, (1, 28, 28), (0.1307,), (0.3081,), [str(i) for i in range(10)], False),
+    "cifar10": DatasetSpec(_cifar10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+                           True),
+}
 
 
 @dataclass
 class TrainConfig:
-    """One training run: architecture, data, and the RMSProp-with-momentum recipe."""
+    """One training run: architecture, data, the RMSProp-with-momentum recipe, and averaging."""
 
     arch: str = "lenet5"
     dataset: str = "mnist"
@@ -39,26 +77,16 @@ class TrainConfig:
     lr: float = 2e-4
     momentum: float = 0.9
     alpha: float = 0.99
+    weight_decay: float = 0.0
     batch_size: int = 64
     seed: int = 0
-
-
-def load_dataset(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Train and test tensors, as float images in model units ``(pixel − mean) / std``."""
-    if name != "mnist":
-        raise LdamError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    from .data import load_mnist
-
-    d = DATASETS[name]
-    out = []
-    for split in ("train", "test"):
-        x, y = load_mnist(split)
-        out += [normalize(x, d["mean"], d["std"]), y]
-    return out[0], out[1], out[2], out[3]
+    average_last: int = 5
+    val_size: int = 5000
+    lr_drop: float = 1.0  # multiply the lr by this for the averaging window
 
 
 def normalize(images: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
-    """uint8 ``[N, H, W]`` or ``[N, C, H, W]`` pixels → float model input."""
+    """uint8 ``[N, C, H, W]`` pixels → float model input ``(pixel/255 − mean) / std``."""
     x = images.float().div_(255)
     if x.dim() == 3:
         x = x.unsqueeze(1)
@@ -67,16 +95,69 @@ def normalize(images: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
     return (x - m) / s
 
 
+def load_dataset(name: str, val_size: int = 0) -> dict[str, torch.Tensor]:
+    """Train/val/test tensors in model units. The validation split uses a fixed seed (0)."""
+    if name not in DATASETS:
+        raise LdamError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    spec = DATASETS[name]
+    x, y = spec.load("train")
+    xt, yt = spec.load("test")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    val, tr = perm[:val_size], perm[val_size:]
+    out = {"x_train": x[tr], "y_train": y[tr], "x_val": x[val], "y_val": y[val], "x_test": xt, "y_test": yt}
+    for k in ("x_train", "x_val", "x_test"):
+        out[k] = normalize(out[k], spec.mean, spec.std)
+    return out
+
+
+def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crops (zero padding ``pad``) and horizontal flips, drawn from ``g``."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None]
+    cols = dx[:, None] + torch.arange(w)[None]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` (put in eval mode) on model-unit inputs ``x``."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Softmax probabilities, in eval mode (the model's mode is restored)."""
     was = model.training
     model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+    out = torch.cat([F.softmax(model(x[i:i + batch_size]), 1) for i in range(0, len(x), batch_size)])
     model.train(was)
-    return correct / len(x)
+    return out
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` on model-unit inputs ``x``."""
+    if len(x) == 0:
+        return float("nan")
+    return float((predict(model, x, batch_size).argmax(1) == y).double().mean())
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> None:
+    """Replace BatchNorm running statistics by the average, over batches of ``x``, of each
+    batch's mean and unbiased variance (the model runs in train mode, as in training)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    was = model.training
+    model.train()
+    for i in range(0, len(x), batch_size):
+        model(x[i:i + batch_size])
+    model.train(was)
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -91,22 +172,37 @@ def _atomic_save(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
-def train(cfg: TrainConfig, out: Path, resume: bool = False, data: tuple[torch.Tensor, ...] | None = None,
-          stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train, checkpointing to ``out/checkpoint.pt`` after every epoch; write ``out/model.pt``.
+def _clone(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in sd.items()}
 
-    ``data`` may give ``(x_train, y_train, x_test, y_test)`` in model units (the tests use a
-    toy set); ``stop_after`` ends the run after that many epochs, as an interrupt would.
-    Returns the run record (config, per-epoch loss/accuracy/seconds, test accuracy).
+
+def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, torch.Tensor] | None = None,
+          stop_after: int | None = None, progress: bool = True,
+          on_step: Callable[[nn.Module], None] | None = None) -> dict[str, Any]:
+    """Train, checkpointing to ``out/checkpoint.pt`` after every epoch; write ``out/model.pt``,
+    ``out/model-avg.pt`` and ``out/train.json``.
+
+    ``data`` may give the tensors of :func:`load_dataset` (the tests use a toy set);
+    ``stop_after`` ends the run after that many epochs, as an interrupt would; ``on_step`` sees
+    the model after every optimizer step. Returns the run record, with the models under
+    ``"model"`` and ``"model_avg"``.
     """
     if cfg.arch not in ARCHITECTURES:
         raise LdamError(f"unknown architecture {cfg.arch!r}; known: {', '.join(ARCHITECTURES)}")
-    x_tr, y_tr, x_te, y_te = data if data is not None else load_dataset(cfg.dataset)
+    if not 0 <= cfg.average_last <= cfg.epochs:
+        raise LdamError(f"average_last must be between 0 and epochs ({cfg.epochs}), got {cfg.average_last}")
+    d = data if data is not None else load_dataset(cfg.dataset, cfg.val_size)
+    spec = DATASETS.get(cfg.dataset)
+    use_aug = spec.augment if spec is not None else False
     torch.manual_seed(cfg.seed)
     model = build(cfg.arch)
-    opt = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, alpha=cfg.alpha, momentum=cfg.momentum)
+    opt = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, alpha=cfg.alpha, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
     ckpt = out / "checkpoint.pt"
     history: list[dict[str, float]] = []
+    avg: dict[str, torch.Tensor] | None = None
+    n_avg = 0
+    snapshots: list[dict[str, torch.Tensor]] = []
     start = 0
     if resume and ckpt.exists():
         try:
@@ -118,10 +214,16 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: tuple[torch.T
         if state["config"] != asdict(cfg):
             raise CheckpointError(f"{ckpt} was written with a different config {state['config']}; use another --out")
         start, history = int(state["epoch"]), list(json.loads(state["history"]))
+        avg, n_avg, snapshots = state["avg"], int(state["n_avg"]), list(state["snapshots"])
+    x_tr, y_tr = d["x_train"], d["y_train"]
     n = len(x_tr)
+    window = cfg.epochs - cfg.average_last
     for epoch in range(start, cfg.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
+        averaging = cfg.average_last > 0 and epoch >= window
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * (cfg.lr_drop if averaging else 1.0)
         model.train()
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(n, generator=g)
@@ -131,44 +233,90 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: tuple[torch.T
                    disable=not progress, dynamic_ncols=True, leave=False)
         for i in bar:
             idx = perm[i:i + cfg.batch_size]
-            logits = model(x_tr[idx])
+            xb = augment(x_tr[idx], g) if use_aug else x_tr[idx]
+            logits = model(xb)
             loss = F.cross_entropy(logits, y_tr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if averaging:
+                n_avg += 1
+                params = dict(model.named_parameters())
+                if avg is None:
+                    avg = {k: p.detach().clone() for k, p in params.items()}
+                else:
+                    for k, p in params.items():
+                        avg[k].add_(p.detach() - avg[k], alpha=1.0 / n_avg)
+            if on_step is not None:
+                on_step(model)
             loss_sum += float(loss.detach()) * len(idx)
             correct += float((logits.argmax(1) == y_tr[idx]).sum())
             seen += len(idx)
             if (i // cfg.batch_size) % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
         bar.close()
-        test_acc = evaluate(model, x_te, y_te)
+        if averaging:
+            snapshots.append(_clone(model.state_dict()))
+        val_acc = evaluate(model, d["x_val"], d["y_val"])
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
-                        "test_accuracy": test_acc, "seconds": time.perf_counter() - t0})
+                        "val_accuracy": val_acc, "seconds": time.perf_counter() - t0})
         if progress:
             h = history[-1]
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {h['loss']:.4f}, train accuracy {h['train_accuracy']:.4f}, "
-                  f"test accuracy {test_acc:.4f}, {h['seconds']:.1f} s")
+                  f"validation accuracy {val_acc:.4f}, {h['seconds']:.1f} s", flush=True)
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                      "config": asdict(cfg), "history": json.dumps(history)}, ckpt)
-    record = {"config": asdict(cfg), "history": history, "epochs_done": len(history)}
-    if len(history) == cfg.epochs:
-        d = DATASETS.get(cfg.dataset, {})
-        info = ModelInfo("model.pt", cfg.arch, tuple(d.get("input_shape", ())), d.get("class_names"),
-                         tuple(d.get("mean", (0.0,))), tuple(d.get("std", (1.0,))), cfg.dataset)
-        save_checkpoint(model, cfg.arch, out / "model.pt", info)
-        record["test_accuracy"] = history[-1]["test_accuracy"]
-        (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
+                      "config": asdict(cfg), "history": json.dumps(history), "avg": avg, "n_avg": n_avg,
+                      "snapshots": snapshots}, ckpt)
+    record: dict[str, Any] = {"config": asdict(cfg), "history": history, "epochs_done": len(history)}
+    if len(history) < cfg.epochs:
+        record["model"] = model
+        return record
+    x_te, y_te = d["x_test"], d["y_test"]
+    record["test_size"] = len(y_te)
+    record["test_accuracy"] = evaluate(model, x_te, y_te)
+    info = None
+    if spec is not None:
+        info = ModelInfo("model.pt", cfg.arch, spec.input_shape, spec.class_names, spec.mean, spec.std, cfg.dataset)
+    save_checkpoint(model, cfg.arch, out / "model.pt", info)
     record["model"] = model
+    if avg is not None:
+        averaged = build(cfg.arch)
+        averaged.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            for k, p in averaged.named_parameters():
+                p.copy_(avg[k])
+        recompute_batchnorm(averaged, x_tr)
+        record["averaged_steps"] = n_avg
+        record["test_accuracy_param_avg"] = evaluate(averaged, x_te, y_te)
+        record["val_accuracy_param_avg"] = evaluate(averaged, d["x_val"], d["y_val"])
+        probs = 0
+        snap = build(cfg.arch)
+        for s in snapshots:
+            snap.load_state_dict(s)
+            probs = probs + predict(snap, x_te)
+        record["test_accuracy_pred_avg"] = float((probs.argmax(1) == y_te).double().mean())  # type: ignore[union-attr]
+        save_checkpoint(averaged, cfg.arch, out / "model-avg.pt", info)
+        record["model_avg"] = averaged
+    (out / "train.json").write_text(json.dumps({k: v for k, v in record.items() if not k.startswith("model")},
+                                               indent=2) + "\n")
     return record
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = TrainConfig()
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed)
+                      batch_size=args.batch_size, seed=args.seed, average_last=args.average_last,
+                      weight_decay=args.weight_decay, val_size=args.val_size,
+                      lr_drop=args.lr_drop if args.lr_drop is not None else d.lr_drop)
     rec = train(cfg, args.out, resume=args.resume)
     print(f"model: {args.out / 'model.pt'}")
+    if "test_accuracy_param_avg" in rec:
+        print(f"parameter-averaged model (last {cfg.average_last} epochs): {args.out / 'model-avg.pt'}")
+        print(f"test accuracy ({rec['test_size']} images): base {rec['test_accuracy']:.4f}, "
+              f"parameter-averaged {rec['test_accuracy_param_avg']:.4f}, "
+              f"prediction-averaged {rec['test_accuracy_pred_avg']:.4f}")
     print(f"accuracy: {rec['test_accuracy']:.4f}")
     return 0
 
@@ -177,9 +325,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, info = load_model(args.model)
     if info.dataset not in DATASETS:
         raise LdamError(f"{args.model} does not name a dataset ldam can evaluate on ({', '.join(DATASETS)})")
-    _, _, x_te, y_te = load_dataset(info.dataset)
-    acc = evaluate(model, x_te, y_te)
-    print(f"{args.model} on the {info.dataset} test set ({len(y_te)} images)")
+    d = load_dataset(info.dataset)
+    acc = evaluate(model, d["x_test"], d["y_test"])
+    print(f"{args.model} on the {info.dataset} test set ({len(d['y_test'])} images)")
     print(f"accuracy: {acc:.4f}")
     return 0
 
@@ -187,14 +335,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def add_subcommands(sub: Any) -> None:
     """Register ``train`` and ``eval`` on the ``ldam`` command's subparsers."""
     d = TrainConfig()
-    t = sub.add_parser("train", help="train a zoo architecture (RMSProp with momentum)",
-                       description="Train a zoo architecture with the paper's recipe; checkpoints every "
-                       "epoch to OUT/checkpoint.pt and writes OUT/model.pt and OUT/train.json.")
+    t = sub.add_parser("train", help="train a zoo architecture (RMSProp with momentum, parameter averaging)",
+                       description="Train a zoo architecture with the paper's recipe. Checkpoints every epoch "
+                       "to OUT/checkpoint.pt; writes OUT/model.pt (final weights), OUT/model-avg.pt (weights "
+                       "averaged over the last epochs) and OUT/train.json (history and the three test accuracies).")
     t.add_argument("--arch", default=d.arch, choices=list(ARCHITECTURES), help="architecture (default: %(default)s)")
     t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="(default: %(default)s)")
     t.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
     t.add_argument("--lr", type=float, default=d.lr, help="RMSProp learning rate (default: %(default)s)")
+    t.add_argument("--lr-drop", type=float, default=None, help="lr factor during the averaging window (default: 1)")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    t.add_argument("--average-last", type=int, default=d.average_last,
+                   help="average the weights (and predictions) over the last K epochs (default: %(default)s)")
+    t.add_argument("--val-size", type=int, default=d.val_size,
+                   help="training images held out for validation (default: %(default)s)")
     t.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     t.add_argument("--out", type=Path, required=True, help="output folder")

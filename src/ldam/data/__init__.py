@@ -1,5 +1,6 @@
-"""Datasets: MNIST for the zoo's LeNet (CIFAR-10 and photos come with the model zoo release)."""
+"""Datasets: MNIST and CIFAR-10, each found locally or downloaded with checksums."""
 
+from .cifar10 import load_cifar10
 from .mnist import MNIST_FILES, load_mnist, search_paths
 
-__all__ = ["load_mnist", "MNIST_FILES", "search_paths"]
+__all__ = ["load_mnist", "load_cifar10", "MNIST_FILES", "search_paths"]

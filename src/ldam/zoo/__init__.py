@@ -22,12 +22,15 @@ from torch import nn
 
 from ..errors import CheckpointError, LdamError
 from .lenet import LeNet5
+from .vgg import VGGCifar
 
 WEIGHTS = Path(__file__).parent / "weights"
 
-ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"lenet5": LeNet5}
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"lenet5": LeNet5, "vgg-cifar": VGGCifar}
 
 MNIST_CLASSES = [str(i) for i in range(10)]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
 @dataclass
@@ -50,15 +53,21 @@ class ModelInfo:
 
 _ENTRIES: dict[str, ModelInfo] = {
     "lenet-mnist": ModelInfo("lenet-mnist", "lenet5", (1, 28, 28), MNIST_CLASSES, (0.1307,), (0.3081,), "mnist"),
+    "lenet-mnist-avg": ModelInfo("lenet-mnist-avg", "lenet5", (1, 28, 28), MNIST_CLASSES, (0.1307,), (0.3081,),
+                                 "mnist"),
+    "vgg-cifar10": ModelInfo("vgg-cifar10", "vgg-cifar", (3, 32, 32), CIFAR10_CLASSES, *CIFAR10_NORM, "cifar10"),
+    "vgg-cifar10-avg": ModelInfo("vgg-cifar10-avg", "vgg-cifar", (3, 32, 32), CIFAR10_CLASSES, *CIFAR10_NORM,
+                                 "cifar10"),
 }
 
 
 def names() -> list[str]:
-    return list(_ENTRIES)
+    """Zoo entries whose weights are installed."""
+    return [n for n in _ENTRIES if (WEIGHTS / f"{n}.pt").exists()]
 
 
 def entry(name: str) -> ModelInfo:
-    if name not in _ENTRIES:
+    if name not in _ENTRIES or not (WEIGHTS / f"{name}.pt").exists():
         close = difflib.get_close_matches(name, names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise LdamError(f"no zoo model named {name!r}.{hint} Available: {', '.join('zoo:' + n for n in names())}")
@@ -150,4 +159,4 @@ def load_model(spec: str) -> tuple[nn.Module, ModelInfo]:
 
 
 __all__ = ["ARCHITECTURES", "ModelInfo", "names", "entry", "load", "load_model", "load_checkpoint",
-           "save_checkpoint", "build", "LeNet5"]
+           "save_checkpoint", "build", "LeNet5", "VGGCifar"]
