@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,12 +21,15 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, LdamError
+from . import efficientnet
 from .lenet import LeNet5
 from .vgg import VGGCifar
 
 WEIGHTS = Path(__file__).parent / "weights"
 
-ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"lenet5": LeNet5, "vgg-cifar": VGGCifar}
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
+    "lenet5": LeNet5, "vgg-cifar": VGGCifar, "efficientnet-lite0": efficientnet.efficientnet_lite0,
+}
 
 MNIST_CLASSES = [str(i) for i in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -46,6 +49,21 @@ class ModelInfo:
     dataset: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def preprocess(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], ``[..., C, H, W]`` → model input ``(pixel − mean) / std``."""
+        mean, std = self._stats(pixels)
+        return (pixels - mean) / std
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input → pixels, ``x·std + mean`` (the inverse of :meth:`preprocess`)."""
+        mean, std = self._stats(x)
+        return x * std + mean
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (-1, 1, 1) if like.dim() >= 3 else (-1, 1)
+        return (torch.tensor(self.mean, dtype=like.dtype).view(shape),
+                torch.tensor(self.std, dtype=like.dtype).view(shape))
+
     def to_meta(self) -> dict[str, Any]:
         return {"input_shape": list(self.input_shape), "class_names": self.class_names, "mean": list(self.mean),
                 "std": list(self.std), "dataset": self.dataset, **self.meta}
@@ -58,24 +76,41 @@ _ENTRIES: dict[str, ModelInfo] = {
     "vgg-cifar10": ModelInfo("vgg-cifar10", "vgg-cifar", (3, 32, 32), CIFAR10_CLASSES, *CIFAR10_NORM, "cifar10"),
     "vgg-cifar10-avg": ModelInfo("vgg-cifar10-avg", "vgg-cifar", (3, 32, 32), CIFAR10_CLASSES, *CIFAR10_NORM,
                                  "cifar10"),
+    "efficientnet-lite0-imagenet": ModelInfo("efficientnet-lite0-imagenet", "efficientnet-lite0", (3, 224, 224),
+                                             None, efficientnet.MEAN, efficientnet.STD, "imagenet"),
+}
+# Entries whose weights come from an optional package rather than from weights/: (path, SHA-256).
+_EXTERNAL: dict[str, tuple[Callable[[], Path], str]] = {
+    "efficientnet-lite0-imagenet": (efficientnet.weights_path, efficientnet.WEIGHTS_SHA256),
 }
 
 
 def names() -> list[str]:
-    """Zoo entries whose weights are installed."""
-    return [n for n in _ENTRIES if (WEIGHTS / f"{n}.pt").exists()]
+    """Every zoo entry (an entry from an optional package says how to install it when loaded)."""
+    return [n for n in _ENTRIES if n in _EXTERNAL or (WEIGHTS / f"{n}.pt").exists()]
 
 
 def entry(name: str) -> ModelInfo:
-    if name not in _ENTRIES or not (WEIGHTS / f"{name}.pt").exists():
+    """The description of zoo entry ``name`` (a copy; its ``meta`` holds the training record)."""
+    if name not in names():
         close = difflib.get_close_matches(name, names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise LdamError(f"no zoo model named {name!r}.{hint} Available: {', '.join('zoo:' + n for n in names())}")
-    info = _ENTRIES[name]
+    info = replace(_ENTRIES[name], meta={})
     record = WEIGHTS / f"{name}.json"
     if record.exists():
         info.meta = json.loads(record.read_text())
+    if name in _EXTERNAL:
+        info.class_names = efficientnet.class_names()
+        info.meta.setdefault("sha256", _EXTERNAL[name][1])
     return info
+
+
+def weights_file(name: str) -> Path:
+    """Where the weights of zoo entry ``name`` are."""
+    if name in _EXTERNAL:
+        return _EXTERNAL[name][0]()
+    return WEIGHTS / f"{name}.pt"
 
 
 def build(arch: str) -> nn.Module:
@@ -103,7 +138,7 @@ def _load_state(model: nn.Module, state: Any, path: Path) -> None:
 def load(name: str) -> tuple[nn.Module, ModelInfo]:
     """A zoo model in eval mode, with its weights checked against their recorded SHA-256."""
     info = entry(name)
-    path = WEIGHTS / f"{name}.pt"
+    path = weights_file(name)
     if not path.exists():
         raise LdamError(f"the weights of zoo:{name} are missing ({path}); reinstall ldam")
     want = info.meta.get("sha256")
@@ -158,5 +193,5 @@ def load_model(spec: str) -> tuple[nn.Module, ModelInfo]:
     return load_checkpoint(spec)
 
 
-__all__ = ["ARCHITECTURES", "ModelInfo", "names", "entry", "load", "load_model", "load_checkpoint",
+__all__ = ["ARCHITECTURES", "ModelInfo", "names", "entry", "weights_file", "load", "load_model", "load_checkpoint",
            "save_checkpoint", "build", "LeNet5", "VGGCifar"]

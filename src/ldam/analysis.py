@@ -1,0 +1,139 @@
+"""Numbers about a set of chains: how diverse they are, how many modes they found, and where the
+neuron's gradient responds.
+
+Every function takes the per-chain means of one target, ``means`` ``[K, *shape]`` (``K`` chains),
+so that the statistics of two models can be compared on equal terms.
+
+* **Diversity**: the mean pairwise distance between chains,
+  ``(2 / K(K−1)) Σ_{i<j} d(m_i, m_j)``, both Euclidean and cosine, ``d_cos = 1 − ⟨m_i, m_j⟩ /
+  (‖m_i‖‖m_j‖)``. The cosine form ignores overall scale, which differs between models.
+* **Modes**: chains are clustered by average linkage on cosine distance and the tree is cut at
+  ``threshold``; the number of clusters is the number of distinct modes.
+* **Gradient regions**: for each chain mean, the saliency ``s = Σ_c (∂f/∂x_c)²`` normalized to sum
+  to 1 over positions. Its effective area is the participation ratio ``1 / Σ s²`` (in pixels: the
+  number of equally weighted pixels with the same concentration), and the spread of the regions
+  across chains is the RMS distance of each chain's saliency centroid from their mean centroid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .guard import model_guard
+from .targets import Target, resolve
+
+
+def _flat(means: torch.Tensor) -> torch.Tensor:
+    return means.detach().double().reshape(len(means), -1)
+
+
+def cosine_distances(means: torch.Tensor) -> torch.Tensor:
+    """``[K, K]`` matrix of ``1 − cos(m_i, m_j)``."""
+    x = _flat(means)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return (1 - x @ x.T).clamp_min(0)
+
+
+def mean_pairwise(d: torch.Tensor) -> float:
+    """Mean of the off-diagonal entries of a symmetric distance matrix."""
+    k = d.shape[0]
+    if k < 2:
+        return float("nan")
+    return float(d.triu(1).sum() / (k * (k - 1) / 2))
+
+
+def count_modes(means: torch.Tensor, threshold: float = 0.5) -> int:
+    """Clusters among the chains: average linkage on cosine distance, cut at ``threshold``."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    if len(means) < 2:
+        return len(means)
+    d = cosine_distances(means).numpy()
+    np.fill_diagonal(d, 0.0)
+    d = (d + d.T) / 2
+    tree = linkage(squareform(d, checks=False), method="average")
+    return int(fcluster(tree, t=threshold, criterion="distance").max())
+
+
+def activation_gradients(model: nn.Module, target: str | Target, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f(x_i)`` and ``∇_x f(x_i)`` for every row of ``x`` and one target (the model is left as found)."""
+    with model_guard(model):
+        ts = resolve(model, target, tuple(x.shape[1:]), chains=len(x))
+        if len(ts.targets) != 1:
+            raise ValueError(f"activation_gradients takes one target, {target!r} names {len(ts.targets)}")
+        p = next(iter(model.parameters()), None)
+        ts = ts.to(p.device if p is not None else "cpu", x.dtype)
+        with ts.attached():
+            return ts.value_and_grad(x)
+
+
+def saliency(grads: torch.Tensor) -> torch.Tensor:
+    """``[K, C, *spatial]`` gradients → ``[K, *spatial]`` saliency ``Σ_c g_c²``, each summing to 1."""
+    s = grads.detach().double().pow(2).sum(1)
+    return s / s.flatten(1).sum(1).clamp_min(1e-300).view(-1, *([1] * (s.dim() - 1)))
+
+
+def effective_area(sal: torch.Tensor) -> torch.Tensor:
+    """Participation ratio ``1 / Σ s²`` of each normalized saliency map (pixels)."""
+    return 1.0 / sal.flatten(1).pow(2).sum(1)
+
+
+def centroid_spread(sal: torch.Tensor) -> float:
+    """RMS distance (pixels) of the chains' saliency centroids from their mean centroid (2-D maps)."""
+    if sal.dim() != 3:
+        raise ValueError("centroid_spread needs 2-D saliency maps [K, H, W]")
+    _, h, w = sal.shape
+    ys = torch.arange(h, dtype=sal.dtype).view(1, h, 1)
+    xs = torch.arange(w, dtype=sal.dtype).view(1, 1, w)
+    c = torch.stack([(sal * ys).sum((1, 2)), (sal * xs).sum((1, 2))], 1)
+    return float((c - c.mean(0)).pow(2).sum(1).mean().sqrt())
+
+
+@dataclass
+class ChainStats:
+    """The statistics of one target's chains."""
+
+    chains: int
+    distance: float
+    cosine_distance: float
+    modes: int
+    activation: float
+    saliency_area: float
+    saliency_spread: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def chain_stats(model: nn.Module, target: str | Target, means: torch.Tensor, threshold: float = 0.5) -> ChainStats:
+    """All of the module's statistics for the chain means of one target."""
+    f, g = activation_gradients(model, target, means)
+    sal = saliency(g)
+    spread = centroid_spread(sal) if sal.dim() == 3 else float("nan")
+    return ChainStats(
+        chains=len(means),
+        distance=mean_pairwise(torch.cdist(_flat(means), _flat(means))),
+        cosine_distance=mean_pairwise(cosine_distances(means)),
+        modes=count_modes(means, threshold),
+        activation=float(f.double().mean()),
+        saliency_area=float(effective_area(sal).mean()),
+        saliency_spread=spread,
+    )
+
+
+def summarize(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (``nan`` error for a single value)."""
+    a = np.asarray(values, dtype=float)
+    if len(a) < 2:
+        return float(a.mean()), float("nan")
+    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a)))
+
+
+__all__ = ["cosine_distances", "mean_pairwise", "count_modes", "activation_gradients", "saliency",
+           "effective_area", "centroid_spread", "ChainStats", "chain_stats", "summarize"]
