@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -300,7 +301,9 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                       "config": asdict(cfg), "history": json.dumps(history), "avg": avg, "n_avg": n_avg,
                       "snapshots": snapshots}, ckpt)
-    record: dict[str, Any] = {"config": asdict(cfg), "history": history, "epochs_done": len(history)}
+    record: dict[str, Any] = {"config": asdict(cfg), "history": history, "epochs_done": len(history),
+                              "trained_on": f"{platform.machine()}, torch {torch.__version__}, "
+                                            f"{torch.get_num_threads()} threads"}
     if len(history) < cfg.epochs:
         record["model"] = model
         return record
