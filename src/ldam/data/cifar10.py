@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -49,7 +50,7 @@ def search_paths() -> list[Path]:
 class _NumpyOnly(pickle.Unpickler):
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -98,15 +99,22 @@ def download(dest: Path, urls: Sequence[str] = TAR_URLS, fetch: Fetcher = _urlop
             if md5 != TAR_MD5:
                 errors.append(f"{url}: MD5 {md5} != expected {TAR_MD5}")
                 continue
-            with tarfile.open(tmp) as tar:
-                for m in tar.getmembers():
-                    name = Path(m.name).name
-                    if m.isfile() and (name.startswith("data_batch_") or name in ("test_batch", "batches.meta")):
-                        out = dest / "cifar-10-batches-py" / name
-                        out.parent.mkdir(exist_ok=True)
-                        data = tar.extractfile(m)
-                        assert data is not None
-                        out.write_bytes(data.read())
+            staging = Path(tempfile.mkdtemp(dir=dest, prefix="cifar-10-batches-py", suffix=".part"))
+            try:
+                with tarfile.open(tmp) as tar:
+                    for m in tar.getmembers():
+                        name = Path(m.name).name
+                        if m.isfile() and (name.startswith("data_batch_") or name in ("test_batch", "batches.meta")):
+                            data = tar.extractfile(m)
+                            assert data is not None
+                            (staging / name).write_bytes(data.read())
+                final = dest / "cifar-10-batches-py"
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(staging, final)
+            finally:
+                if staging.exists():
+                    shutil.rmtree(staging)
             return dest / "cifar-10-batches-py"
         except (OSError, tarfile.TarError) as e:
             errors.append(f"{url}: {e}")

@@ -1,0 +1,81 @@
+"""ldam.analysis against numpy re-implementations and constructed cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ldam.analysis import (activation_gradients, centroid_spread, chain_stats, cosine_distances, count_modes,
+                           effective_area, mean_pairwise, saliency, summarize)
+
+
+def test_cosine_distances_and_their_mean_match_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 2, 5, 5))
+    flat = a.reshape(6, -1)
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    want = 1 - unit @ unit.T
+    got = cosine_distances(torch.from_numpy(a)).numpy()
+    np.testing.assert_allclose(got, np.clip(want, 0, None), atol=1e-12)
+    iu = np.triu_indices(6, 1)
+    assert mean_pairwise(torch.from_numpy(want)) == pytest.approx(want[iu].mean())
+    e = np.linalg.norm(flat[:, None] - flat[None], axis=2)
+    assert mean_pairwise(torch.cdist(torch.from_numpy(flat), torch.from_numpy(flat))) == pytest.approx(e[iu].mean())
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_count_modes_finds_k_separated_directions(k):
+    g = torch.Generator().manual_seed(k)
+    centres = torch.linalg.qr(torch.randn(64, 64, generator=g))[0][:k]  # orthogonal: cosine distance 1
+    x = centres.repeat_interleave(4, 0) + 0.05 * torch.randn(4 * k, 64, generator=g)
+    assert count_modes(x, 0.5) == k
+    assert count_modes(x, 1.5) == 1  # above every distance: one cluster
+    assert count_modes(x, 1e-6) == 4 * k  # below every distance: every chain alone
+
+
+def test_effective_area_of_a_flat_region_is_its_size():
+    s = torch.zeros(3, 10, 10)
+    s[0, :2, :3] = 1.0  # 6 pixels
+    s[1, 5, 5] = 1.0  # 1 pixel
+    s[2] = 1.0  # 100 pixels
+    s = s / s.flatten(1).sum(1).view(-1, 1, 1)
+    torch.testing.assert_close(effective_area(s.double()), torch.tensor([6.0, 1.0, 100.0], dtype=torch.double))
+
+
+def test_centroid_spread_is_the_rms_distance_from_the_mean_centroid():
+    s = torch.zeros(2, 9, 9, dtype=torch.double)
+    s[0, 1, 1] = 1.0
+    s[1, 1, 7] = 1.0  # centroids (1,1) and (1,7): each 3 px from (1,4)
+    assert centroid_spread(s) == pytest.approx(3.0)
+
+
+def test_saliency_and_gradients_of_a_linear_neuron():
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x = torch.randn(5, 2, 4, 4)
+    f, g = activation_gradients(lin, "1:2", x)
+    w = lin[1].weight[2].detach().view(2, 4, 4)
+    torch.testing.assert_close(g, w.expand(5, 2, 4, 4))
+    torch.testing.assert_close(f, lin(x)[:, 2].detach())
+    s = saliency(g)
+    want = (w ** 2).sum(0) / (w ** 2).sum()
+    torch.testing.assert_close(s[0], want.double())
+    assert lin.training and all(p.grad is None for p in lin.parameters())  # the model is left as found
+
+
+def test_chain_stats_on_a_linear_neuron():
+    torch.manual_seed(1)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    means = torch.randn(6, 1, 4, 4)
+    st = chain_stats(lin, "output:1", means)
+    assert st.chains == 6 and st.modes >= 1
+    assert st.activation == pytest.approx(float(lin(means)[:, 1].mean()), rel=1e-5)
+    assert st.saliency_spread == pytest.approx(0.0, abs=1e-9)  # same gradient for every chain
+
+
+def test_summarize():
+    m, e = summarize([1.0, 2.0, 3.0, 6.0])
+    assert m == pytest.approx(3.0) and e == pytest.approx(np.std([1, 2, 3, 6], ddof=1) / 2)
+    assert np.isnan(summarize([4.0])[1])
