@@ -89,3 +89,17 @@ def test_the_installed_entry_point_runs():
     p = subprocess.run([sys.executable, "-m", "ldam.cli", "sample", "--model", "zoo:lenet-mnist", "--target", "x"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "malformed target 'x'" in p.stderr
+
+
+def test_zoo_command_lists_every_entry_with_its_recorded_accuracy(capsys):
+    import json
+
+    import ldam.zoo as zoo
+
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    for name in zoo.names():
+        assert f"zoo:{name}" in out
+    rec = json.loads((zoo.WEIGHTS / "lenet-mnist-avg.json").read_text())
+    line = next(ln for ln in out.splitlines() if ln.startswith("zoo:lenet-mnist-avg "))
+    assert f"{rec['test_accuracy']:.4f}" in line

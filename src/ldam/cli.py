@@ -182,13 +182,29 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    print(f"{'model':<36} {'input':<14} {'dataset':<9} {'test accuracy':<15} weights")
+    for name in zoo.names():
+        info = zoo.entry(name)
+        acc = info.meta.get("test_accuracy")
+        try:
+            where = str(zoo.weights_file(name))
+        except LdamError as e:
+            where = f"not installed: {str(e).split('; ')[-1]}"
+        print(f"{'zoo:' + name:<36} {'x'.join(map(str, info.input_shape)):<14} {info.dataset or '-':<9} "
+              f"{f'{acc:.4f}' if acc is not None else '-':<15} {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ldam",
         description="Sample the inputs that drive a neuron of a PyTorch model with Langevin dynamics "
         "(LDAM): log p(x) = (f(x) − Σ λ R(x)) / T.",
         epilog="Examples:\n  ldam demo\n  ldam layers zoo:lenet-mnist\n"
-        "  ldam sample --model zoo:lenet-mnist --target 'fc3:0-9' --chains 10 --steps 3000 --l2 1.0 --out runs/x",
+        "  ldam zoo\n  ldam sample --model zoo:lenet-mnist --target 'fc3:0-9' --chains 10 --steps 3000 --l2 1.0 --out runs/x",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"ldam {__version__}")
@@ -216,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("model", help="zoo:NAME or a checkpoint file")
     ly.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N")
     ly.set_defaults(func=cmd_layers)
+
+    z = sub.add_parser("zoo", help="list the zoo's models with their inputs and test accuracies",
+                       description="List every zoo:NAME with its input shape, dataset, test accuracy and weights file.")
+    z.set_defaults(func=cmd_zoo)
 
     try:
         from .train import add_subcommands

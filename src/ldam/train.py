@@ -361,7 +361,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     model, info = load_model(args.model)
     if info.dataset not in DATASETS:
-        raise LdamError(f"{args.model} does not name a dataset ldam can evaluate on ({', '.join(DATASETS)})")
+        raise LdamError(f"{args.model} was trained on {info.dataset or 'an unknown dataset'}, which ldam cannot "
+                        f"evaluate on here (it has {', '.join(DATASETS)}); for the ImageNet model, "
+                        "experiments/imagenet.py prints its top-5 on sample photos")
     d = load_dataset(info.dataset)
     acc = evaluate(model, d["x_test"], d["y_test"])
     print(f"{args.model} on the {info.dataset} test set ({len(d['y_test'])} images)")
@@ -379,7 +381,7 @@ def add_subcommands(sub: Any) -> None:
     t.add_argument("--arch", default=d.arch, choices=list(ARCHITECTURES), help="architecture (default: %(default)s)")
     t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="(default: %(default)s)")
     t.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
-    t.add_argument("--lr", type=float, default=d.lr, help="RMSProp learning rate (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=d.lr, help="learning rate (the peak, with --warmup) (default: %(default)s)")
     t.add_argument("--lr-drop", type=float, default=None, help="lr factor during the averaging window (default: 1)")
     t.add_argument("--optimizer", default=d.optimizer, choices=["rmsprop", "sgd"],
                    help="rmsprop: RMSProp with momentum, the paper's; sgd: Nesterov SGD (default: %(default)s)")
