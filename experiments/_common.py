@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image, ImageDraw
 
+T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "repro"
 
@@ -80,7 +81,6 @@ class Report:
 
     def __init__(self, path: Path, title: str, quick: bool):
         self.path = path
-        self.started = time.perf_counter()
         self.lines = [f"# {title}", ""]
         cmd = " ".join(["python", f"experiments/{Path(sys.argv[0]).name}", *sys.argv[1:]])
         self.lines += [f"Made by `{cmd}` on {platform.machine()}, torch {torch.__version__}, "
@@ -106,7 +106,7 @@ class Report:
         return path
 
     def write(self) -> Path:
-        self.lines += [f"Wall time: {time.perf_counter() - self.started:.0f} s.", ""]
+        self.lines += [f"Wall time: {time.perf_counter() - T0:.0f} s.", ""]
         self.path.write_text("\n".join(self.lines))
         print(f"wrote {self.path}")
         return self.path

@@ -55,7 +55,7 @@ def main() -> None:
             table.append([name, kind, fmt(float(f.mean()), float(f.std() / len(f) ** 0.5), 2),
                           f"{float(agree):.2f}", fmt(float(cos.mean()), float(cos.std() / len(cos) ** 0.5))])
             first = x.view(10, chains, *x.shape[1:])[:, 0]
-            rows.append(labeled(batch_grid(first, 10, zoom=2), f"{name}:\n{kind}"))
+            rows.append(labeled(batch_grid(first, 10, zoom=2), f"{name.replace('λ = ', '')}:\n{kind}"))
     rep = Report(args.out / "figure4.md", "Paper Figure 4, measured: MNIST logits, no regularizer vs L2, "
                  "one sample vs the average", args.quick)
     rep.text(f"`zoo:lenet-mnist`, targets `output:0-9`, {chains} chains per class, {steps} SGLD steps "

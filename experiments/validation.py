@@ -48,11 +48,11 @@ def main() -> None:
     rep = Report(args.out / "validation.md", "First-layer validation on the trained LeNet", args.quick)
     rep.text(f"`zoo:lenet-mnist`, L2 (λ = {lam}), T = {temp}, {chains} chains × {steps} SGLD steps "
              f"(ε = 0.001, first {burn} discarded). Crops of 13×13 pixels around the neuron at ({y}, {x}).")
-    im = stack([labeled(batch_grid(torch.stack(filters).float(), len(filters), zoom=8), "conv1 filters / λ"),
+    im = stack([labeled(batch_grid(torch.stack(filters).float(), len(filters), zoom=8), "conv1 filters / lambda"),
                 labeled(batch_grid(torch.stack(means).float(), len(means), zoom=8), "L2 means")])
     rep.image(im, "validation.png", "Top: each conv1 filter on its receptive field (0 elsewhere). "
               "Bottom: the L2 mean of that neuron's samples.")
-    rep.table(["target", "cosine(mean, filter)", "‖mean − w/λ‖ / ‖w/λ‖", "max |mean| outside / max |w/λ|"], table)
+    rep.table(["target", "cosine(mean, filter)", "‖mean − w/λ‖ / ‖w/λ‖", "max abs(mean) outside / max abs(w/λ)"], table)
     worst = min(float(r[1]) for r in table)
     rep.text(f"**The paper said** the L2 mean reproduces the filter on its receptive field and is zero elsewhere. "
              f"**Measured:** the lowest cosine over the {len(table)} units is {worst:.4f}.")

@@ -44,6 +44,16 @@ def test_effective_area_of_a_flat_region_is_its_size():
     torch.testing.assert_close(effective_area(s.double()), torch.tensor([6.0, 1.0, 100.0], dtype=torch.double))
 
 
+def test_a_zero_gradient_has_no_saliency_and_is_left_out():
+    g = torch.zeros(3, 1, 9, 9)
+    g[0, 0, 1, 1] = 2.0
+    g[1, 0, 1, 7] = 1.0
+    s = saliency(g)
+    assert s[2].isnan().all() and not s[:2].isnan().any()
+    assert effective_area(s)[:2].tolist() == [1.0, 1.0] and effective_area(s)[2].isnan()
+    assert centroid_spread(s) == pytest.approx(3.0)
+
+
 def test_centroid_spread_is_the_rms_distance_from_the_mean_centroid():
     s = torch.zeros(2, 9, 9, dtype=torch.double)
     s[0, 1, 1] = 1.0

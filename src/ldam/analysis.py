@@ -74,20 +74,29 @@ def activation_gradients(model: nn.Module, target: str | Target, x: torch.Tensor
 
 
 def saliency(grads: torch.Tensor) -> torch.Tensor:
-    """``[K, C, *spatial]`` gradients → ``[K, *spatial]`` saliency ``Σ_c g_c²``, each summing to 1."""
+    """``[K, C, *spatial]`` gradients → ``[K, *spatial]`` saliency ``Σ_c g_c²``, each summing to 1.
+
+    A row whose gradient is exactly 0 (every path to the neuron switched off) has no saliency
+    and comes back as NaN.
+    """
     s = grads.detach().double().pow(2).sum(1)
-    return s / s.flatten(1).sum(1).clamp_min(1e-300).view(-1, *([1] * (s.dim() - 1)))
+    total = s.flatten(1).sum(1).view(-1, *([1] * (s.dim() - 1)))
+    return s / total.where(total > 0, torch.full_like(total, float("nan")))
 
 
 def effective_area(sal: torch.Tensor) -> torch.Tensor:
-    """Participation ratio ``1 / Σ s²`` of each normalized saliency map (pixels)."""
+    """Participation ratio ``1 / Σ s²`` of each normalized saliency map (pixels; NaN without saliency)."""
     return 1.0 / sal.flatten(1).pow(2).sum(1)
 
 
 def centroid_spread(sal: torch.Tensor) -> float:
-    """RMS distance (pixels) of the chains' saliency centroids from their mean centroid (2-D maps)."""
+    """RMS distance (pixels) of the chains' saliency centroids from their mean centroid (2-D maps);
+    maps without saliency (NaN) are left out."""
     if sal.dim() != 3:
         raise ValueError("centroid_spread needs 2-D saliency maps [K, H, W]")
+    sal = sal[~sal.flatten(1).isnan().any(1)]
+    if len(sal) == 0:
+        return float("nan")
     _, h, w = sal.shape
     ys = torch.arange(h, dtype=sal.dtype).view(1, h, 1)
     xs = torch.arange(w, dtype=sal.dtype).view(1, 1, w)
@@ -100,6 +109,7 @@ class ChainStats:
     """The statistics of one target's chains."""
 
     chains: int
+    silent: int  # chain means at which the gradient is exactly 0 (left out of the saliency numbers)
     distance: float
     cosine_distance: float
     modes: int
@@ -116,13 +126,15 @@ def chain_stats(model: nn.Module, target: str | Target, means: torch.Tensor, thr
     f, g = activation_gradients(model, target, means)
     sal = saliency(g)
     spread = centroid_spread(sal) if sal.dim() == 3 else float("nan")
+    area = effective_area(sal)
     return ChainStats(
         chains=len(means),
+        silent=int(area.isnan().sum()),
         distance=mean_pairwise(torch.cdist(_flat(means), _flat(means))),
         cosine_distance=mean_pairwise(cosine_distances(means)),
         modes=count_modes(means, threshold),
         activation=float(f.double().mean()),
-        saliency_area=float(effective_area(sal).mean()),
+        saliency_area=float(area.nanmean()) if not area.isnan().all() else float("nan"),
         saliency_spread=spread,
     )
 
