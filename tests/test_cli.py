@@ -59,10 +59,12 @@ def test_layers_lists_shapes_and_units(capsys):
     (["sample", "--model", "nowhere.pt", "--target", "fc3:1"], "checkpoint nowhere.pt does not exist"),
     (["layers", "zoo:lenet-mnist", "--input-shape", "3", "32", "32"], r"rejects input shape \(3, 32, 32\)"),
 ])
-def test_errors_are_one_line_with_exit_code_2(argv, match, capsys):
+def test_errors_are_one_line_with_exit_code_2(argv, match, capsys, tmp_path, monkeypatch):
     import re
 
+    monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
+    assert list(tmp_path.iterdir()) == []  # no empty output folder left behind
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("ldam: error: ")
     assert re.search(match, err), err

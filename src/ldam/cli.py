@@ -117,8 +117,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
 def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[str]) -> int:
     model, info = _load(model_spec)
     input_shape = tuple(args.input_shape) if getattr(args, "input_shape", None) else tuple(info.input_shape)
-    out: Path = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")  # created by the first file written
     burn_in = args.burn_in if args.burn_in is not None else args.steps // 4
     thin = args.thin or max(1, (args.steps - (burn_in if isinstance(burn_in, int) else args.steps // 2)) // 100)
     norm = {"mean": tuple(getattr(info, "mean", None) or (0.0,)), "std": tuple(getattr(info, "std", None) or (1.0,))}
