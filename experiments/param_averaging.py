@@ -8,7 +8,8 @@ class, over the per-chain means after burn-in (see ``ldam.analysis``):
 
 * **diversity**: the mean pairwise distance between chains, Euclidean and cosine;
 * **modes**: clusters among the chains (average linkage on cosine distance, cut at 0.5; also 0.3
-  and 0.7);
+  and 0.7), in pixels and in the penultimate layer's activations (``relu4`` of LeNet,
+  ``classifier.2`` of the VGG), where a pattern and its shifted copy are close;
 * **gradient regions**: effective area of the saliency ``Σ_c (∂f/∂x_c)²`` of each chain mean
   (pixels), and the RMS spread of the saliency centroids across chains (pixels).
 
@@ -40,6 +41,8 @@ from _common import ROOT, Report, data_available, fmt, header, labeled, parser, 
 METRICS = [("cosine_distance", "diversity: mean pairwise cosine distance"),
            ("distance", "diversity: mean pairwise distance"),
            ("modes", "modes (cut 0.5)"), ("modes_0.3", "modes (cut 0.3)"), ("modes_0.7", "modes (cut 0.7)"),
+           ("feature_cosine_distance", "feature space: mean pairwise cosine distance"),
+           ("feature_modes", "feature space: modes (cut 0.5)"),
            ("saliency_area", "gradient region: effective area (px)"),
            ("saliency_spread", "gradient region: centroid spread (px)"),
            ("activation", "target logit at the chain means")]
@@ -56,6 +59,7 @@ class Setting:
     temperature: float
     l2: float
     figure_class: int
+    feature_layer: str  # the penultimate layer, for the feature-space numbers
 
 
 def lenet_pairs(seeds: int, quick: bool) -> list[tuple[str, nn.Module, nn.Module]]:
@@ -77,7 +81,7 @@ def run_stats(model: nn.Module, shape: tuple[int, ...], st: Setting, seed: int, 
     per_class = []
     for c in range(10):
         means = r.mean[c * st.chains:(c + 1) * st.chains]
-        s = chain_stats(model, f"output:{c}", means).as_dict()
+        s = chain_stats(model, f"output:{c}", means, feature_layer=st.feature_layer).as_dict()
         s["modes_0.3"] = count_modes(means, 0.3)
         s["modes_0.7"] = count_modes(means, 0.7)
         per_class.append(s)
@@ -143,10 +147,12 @@ def conclude(rep: Report, name: str, v: dict[str, tuple[float, float, int, int]]
         return f"{dm:+.3f} ± {de:.3f}, {up}/{n} runs up: {way}, {sig}"
     note = ""
     if saturated:
-        note = (f" Every chain is its own cluster at every cut ({chains} modes of {chains} chains): the chain "
-                "means are nearly orthogonal, so the mode count is saturated and cannot tell the two models apart.")
+        note = (f" In pixel space every chain is its own cluster at every cut ({chains} modes of {chains} chains): "
+                "the chain means are nearly orthogonal there, so the pixel mode count is saturated and cannot tell "
+                "the two models apart; the feature-space numbers can.")
     rep.text(f"**{name}: the paper's claim, tested.** Modes (cut 0.5): {holds('modes')}. "
-             f"Cosine diversity: {holds('cosine_distance')}. Gradient-region centroid spread: "
+             f"Cosine diversity: {holds('cosine_distance')}. Modes in feature space: {holds('feature_modes')}. "
+             f"Feature-space diversity: {holds('feature_cosine_distance')}. Gradient-region centroid spread: "
              f"{holds('saliency_spread')}.{note}")
 
 
@@ -174,14 +180,15 @@ def main() -> None:
                  if "vgg-cifar10-avg" in ldam.zoo.names() else []))
     quick = args.quick
     mnist = Setting(chains=3 if quick else 16, steps=20 if quick else 1500, burn_in=10 if quick else 500,
-                    step_size=0.004, temperature=0.02, l2=0.3, figure_class=4)
+                    step_size=0.004, temperature=0.02, l2=0.3, figure_class=4, feature_layer="relu4")
     _, info = ldam.zoo.load("lenet-mnist")
     v, sat = study(rep, "MNIST", lenet_pairs(train_seeds, quick), info.input_shape, mnist, seeds,
                    ldam.Box.from_normalization(info.mean, info.std), info.class_names, {})
     conclude(rep, "MNIST", v, mnist.chains, sat)
     if "vgg-cifar10-avg" in ldam.zoo.names() and data_available("cifar10"):
         cifar = Setting(chains=2 if quick else 8, steps=10 if quick else 800, burn_in=5 if quick else 300,
-                        step_size=2e-3, temperature=1e-3, l2=0.05, figure_class=8)  # as experiments/cifar10.py
+                        step_size=2e-3, temperature=1e-3, l2=0.05, figure_class=8,  # as experiments/cifar10.py
+                        feature_layer="classifier.2")
         base, info = ldam.zoo.load("vgg-cifar10")
         avg, _ = ldam.zoo.load("vgg-cifar10-avg")
         v, sat = study(rep, "CIFAR-10", [("zoo seed 0", base, avg)], info.input_shape, cifar, seeds,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ldam.analysis import (activation_gradients, centroid_spread, chain_stats, cosine_distances, count_modes,
-                           effective_area, mean_pairwise, saliency, summarize)
+                           effective_area, layer_activations, mean_pairwise, saliency, summarize)
 
 
 def test_cosine_distances_and_their_mean_match_numpy():
@@ -83,6 +83,20 @@ def test_chain_stats_on_a_linear_neuron():
     assert st.chains == 6 and st.modes >= 1
     assert st.activation == pytest.approx(float(lin(means)[:, 1].mean()), rel=1e-5)
     assert st.saliency_spread == pytest.approx(0.0, abs=1e-9)  # same gradient for every chain
+
+
+def test_layer_activations_and_feature_modes():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).train()
+    x = torch.randn(5, 1, 4, 4)
+    h = layer_activations(net, "2", x)
+    torch.testing.assert_close(h, torch.relu(net[1](x.flatten(1))).detach())
+    assert net.training and not net[2]._forward_hooks  # left as found
+    st = chain_stats(net, "output:0", x, feature_layer="2")
+    assert st.feature_cosine_distance == pytest.approx(mean_pairwise(cosine_distances(h)))
+    assert st.feature_modes == count_modes(h, 0.5)
+    with pytest.raises(ValueError, match="no layer named 'fc9'"):
+        layer_activations(net, "fc9", x)
 
 
 def test_summarize():

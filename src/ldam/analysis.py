@@ -9,6 +9,10 @@ so that the statistics of two models can be compared on equal terms.
   (‖m_i‖‖m_j‖)``. The cosine form ignores overall scale, which differs between models.
 * **Modes**: chains are clustered by average linkage on cosine distance and the tree is cut at
   ``threshold``; the number of clusters is the number of distinct modes.
+* **Modes in feature space**: the same two numbers on the activations of an inner layer
+  (``feature_layer``, e.g. the penultimate one) instead of pixels. Pixel distances count two
+  copies of the same pattern at different positions as different; the features of a
+  translation-tolerant network do not.
 * **Gradient regions**: for each chain mean, the saliency ``s = Σ_c (∂f/∂x_c)²`` normalized to sum
   to 1 over positions. Its effective area is the participation ratio ``1 / Σ s²`` (in pixels: the
   number of equally weighted pixels with the same concentration), and the spread of the regions
@@ -73,6 +77,22 @@ def activation_gradients(model: nn.Module, target: str | Target, x: torch.Tensor
             return ts.value_and_grad(x)
 
 
+def layer_activations(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``model``'s submodule ``layer`` for every row of ``x``, flattened ``[K, D]``
+    (eval mode, no gradients; the model is left as found)."""
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"no layer named {layer!r} in {type(model).__name__}")
+    captured: list[torch.Tensor] = []
+    with model_guard(model), torch.no_grad():
+        handle = modules[layer].register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+        try:
+            model(x)
+        finally:
+            handle.remove()
+    return captured[0].flatten(1)
+
+
 def saliency(grads: torch.Tensor) -> torch.Tensor:
     """``[K, C, *spatial]`` gradients → ``[K, *spatial]`` saliency ``Σ_c g_c²``, each summing to 1.
 
@@ -116,17 +136,26 @@ class ChainStats:
     activation: float
     saliency_area: float
     saliency_spread: float
+    feature_cosine_distance: float = float("nan")
+    feature_modes: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
-def chain_stats(model: nn.Module, target: str | Target, means: torch.Tensor, threshold: float = 0.5) -> ChainStats:
-    """All of the module's statistics for the chain means of one target."""
+def chain_stats(model: nn.Module, target: str | Target, means: torch.Tensor, threshold: float = 0.5,
+                feature_layer: str | None = None) -> ChainStats:
+    """All of the module's statistics for the chain means of one target; the feature-space ones
+    only when ``feature_layer`` names an inner layer."""
     f, g = activation_gradients(model, target, means)
     sal = saliency(g)
     spread = centroid_spread(sal) if sal.dim() == 3 else float("nan")
     area = effective_area(sal)
+    feats = {}
+    if feature_layer is not None:
+        h = layer_activations(model, feature_layer, means)
+        feats = {"feature_cosine_distance": mean_pairwise(cosine_distances(h)),
+                 "feature_modes": count_modes(h, threshold)}
     return ChainStats(
         chains=len(means),
         silent=int(area.isnan().sum()),
@@ -136,6 +165,7 @@ def chain_stats(model: nn.Module, target: str | Target, means: torch.Tensor, thr
         activation=float(f.double().mean()),
         saliency_area=float(area.nanmean()) if not area.isnan().all() else float("nan"),
         saliency_spread=spread,
+        **feats,
     )
 
 
@@ -147,5 +177,5 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a)))
 
 
-__all__ = ["cosine_distances", "mean_pairwise", "count_modes", "activation_gradients", "saliency",
+__all__ = ["cosine_distances", "mean_pairwise", "count_modes", "activation_gradients", "layer_activations", "saliency",
            "effective_area", "centroid_spread", "ChainStats", "chain_stats", "summarize"]
