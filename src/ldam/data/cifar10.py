@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .mnist import Fetcher, _urlopen_fetch, cache_dir, sha256
+from .mnist import Fetcher, _urlopen_fetch, cache_dir, fetch_verified, sha256
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 NPZ = {
@@ -86,42 +86,36 @@ def _from_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def download(dest: Path, urls: Sequence[str] = TAR_URLS, fetch: Fetcher = _urlopen_fetch) -> Path:
-    """Fetch and verify the canonical tarball, then unpack its pickles into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    errors = []
-    for url in urls:
-        fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=TAR_NAME, suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            fetch(url, tmp)
-            md5 = hashlib.md5(tmp.read_bytes()).hexdigest()
-            if md5 != TAR_MD5:
-                errors.append(f"{url}: MD5 {md5} != expected {TAR_MD5}")
-                continue
-            staging = Path(tempfile.mkdtemp(dir=dest, prefix="cifar-10-batches-py", suffix=".part"))
-            try:
-                with tarfile.open(tmp) as tar:
-                    for m in tar.getmembers():
-                        name = Path(m.name).name
-                        if m.isfile() and (name.startswith("data_batch_") or name in ("test_batch", "batches.meta")):
-                            data = tar.extractfile(m)
-                            assert data is not None
-                            (staging / name).write_bytes(data.read())
-                final = dest / "cifar-10-batches-py"
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(staging, final)
-            finally:
-                if staging.exists():
-                    shutil.rmtree(staging)
-            return dest / "cifar-10-batches-py"
-        except (OSError, tarfile.TarError) as e:
-            errors.append(f"{url}: {e}")
-        finally:
-            tmp.unlink(missing_ok=True)
-    raise DataError("could not download CIFAR-10: " + "; ".join(errors)
-                    + f". Without network access, put the data in {dest} or set LDAM_DATA_DIR")
+    """Fetch and verify the canonical tarball, then unpack its pickles into ``dest``.
+
+    The pickles are unpacked into a temporary folder that is renamed into place only when complete.
+    """
+    def check(p: Path) -> str | None:
+        md5 = hashlib.md5(p.read_bytes()).hexdigest()
+        return None if md5 == TAR_MD5 else f"MD5 {md5} != expected {TAR_MD5}"
+
+    tmp = fetch_verified(urls, dest, TAR_NAME, check, fetch,
+                         f"Without network access, put the data in {dest} or set LDAM_DATA_DIR")
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix="cifar-10-batches-py", suffix=".part"))
+    final = dest / "cifar-10-batches-py"
+    try:
+        with tarfile.open(tmp) as tar:
+            for m in tar.getmembers():
+                name = Path(m.name).name
+                if m.isfile() and (name.startswith("data_batch_") or name in ("test_batch", "batches.meta")):
+                    data = tar.extractfile(m)
+                    assert data is not None
+                    (staging / name).write_bytes(data.read())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except (OSError, tarfile.TarError) as e:
+        raise DataError(f"could not unpack {TAR_NAME} ({e}); delete {dest} and try again") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+    return final
 
 
 def load_cifar10(split: str = "train", download_missing: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,34 +82,46 @@ def _urlopen_fetch(url: str, dest: Path) -> None:
             fh.write(chunk)
 
 
+def fetch_verified(urls: Sequence[str], dest_dir: Path, name: str, check: Callable[[Path], str | None],
+                   fetch: Fetcher = _urlopen_fetch, hint: str = "") -> Path:
+    """Fetch ``name`` from the first URL whose bytes pass ``check`` (``None`` = good, else why not).
+
+    Each try writes to a temporary ``.part`` file in ``dest_dir``; failed tries are deleted. The
+    verified temporary file is returned for the caller to rename or unpack (and then delete).
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for url in urls:
+        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=name, suffix=".part")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            fetch(url, tmp)
+            problem = check(tmp)
+        except OSError as e:
+            problem = str(e)
+        if problem is None:
+            return tmp
+        tmp.unlink(missing_ok=True)
+        errors.append(f"{url}: {problem}")
+    raise DataError(f"could not download {name}: " + "; ".join(errors) + (f". {hint}" if hint else ""))
+
+
 def download(name: str, dest_dir: Path, mirrors: Sequence[str] = MIRRORS, fetch: Fetcher = _urlopen_fetch) -> Path:
     """Download ``name`` into ``dest_dir`` from the first mirror that gives the right bytes.
 
     The file is written to a temporary name, verified, then renamed into place.
     """
     expected = MNIST_FILES[name]
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    errors = []
-    for base in mirrors:
-        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=name, suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            fetch(base + name, tmp)
-            actual = sha256(tmp)
-            if actual != expected:
-                errors.append(f"{base}: SHA-256 {actual} != expected {expected}")
-                continue
-            os.replace(tmp, dest_dir / name)
-            return dest_dir / name
-        except OSError as e:
-            errors.append(f"{base}: {e}")
-        finally:
-            tmp.unlink(missing_ok=True)
-    raise DataError(
-        f"could not download {name}: " + "; ".join(errors)
-        + f". Without network access, copy the MNIST .gz files into {dest_dir} or set LDAM_DATA_DIR"
-    )
+
+    def check(p: Path) -> str | None:
+        actual = sha256(p)
+        return None if actual == expected else f"SHA-256 {actual} != expected {expected}"
+
+    tmp = fetch_verified([base + name for base in mirrors], dest_dir, name, check, fetch,
+                         f"Without network access, copy the MNIST .gz files into {dest_dir} or set LDAM_DATA_DIR")
+    os.replace(tmp, dest_dir / name)
+    return dest_dir / name
 
 
 def locate(name: str, download_missing: bool = True) -> Path:
