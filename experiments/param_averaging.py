@@ -91,7 +91,7 @@ def run_stats(model: nn.Module, shape: tuple[int, ...], st: Setting, seed: int, 
 
 
 def study(rep: Report, name: str, pairs, shape, st: Setting, seeds: int, box: ldam.Box, classes: list[str],
-          display: dict) -> tuple[dict[str, tuple[float, float, int, int]], bool]:
+          display: dict) -> tuple[dict[str, tuple[float, float, int, int]], tuple[bool, bool]]:
     base_runs, avg_runs = [], []
     figure = None
     for label, base, avg in pairs:
@@ -105,8 +105,9 @@ def study(rep: Report, name: str, pairs, shape, st: Setting, seeds: int, box: ld
             if figure is None:
                 c, k = st.figure_class, st.chains
                 figure = (bm[c * k:(c + 1) * k], am[c * k:(c + 1) * k])
-    saturated = all(r["modes_0.7"] == st.chains for r in base_runs + avg_runs)
-    silent = sum(r["silent"] for r in base_runs + avg_runs)
+    runs = base_runs + avg_runs
+    saturated = (all(r["modes_0.7"] == st.chains for r in runs), all(r["feature_modes"] == 1 for r in runs))
+    silent = sum(r["silent"] for r in runs)
     rows, verdict = [], {}
     for key, title in METRICS:
         b = [r[key] for r in base_runs]
@@ -135,7 +136,7 @@ def study(rep: Report, name: str, pairs, shape, st: Setting, seeds: int, box: ld
 
 
 def conclude(rep: Report, name: str, v: dict[str, tuple[float, float, int, int]], chains: int,
-             saturated: bool) -> None:
+             saturated: tuple[bool, bool]) -> None:
     def holds(key: str) -> str:
         dm, de, up, n = v[key]
         if de != de:  # a single run: no error bar
@@ -146,10 +147,14 @@ def conclude(rep: Report, name: str, v: dict[str, tuple[float, float, int, int]]
         sig = "more than 2 s.e. from 0" if abs(dm) > 2 * de else "within 2 s.e. of 0"
         return f"{dm:+.3f} ± {de:.3f}, {up}/{n} runs up: {way}, {sig}"
     note = ""
-    if saturated:
-        note = (f" In pixel space every chain is its own cluster at every cut ({chains} modes of {chains} chains): "
-                "the chain means are nearly orthogonal there, so the pixel mode count is saturated and cannot tell "
-                "the two models apart; the feature-space numbers can.")
+    if saturated[0]:
+        note += (f" In pixel space every chain is its own cluster at every cut ({chains} modes of {chains} chains): "
+                 "the chain means are nearly orthogonal there, so the pixel mode count is saturated.")
+    if saturated[1]:
+        note += (" In feature space every class is one cluster in every run: all chains of a class reach the same "
+                 "penultimate-layer pattern, so that count is saturated the other way.")
+    if saturated[0] and saturated[1]:
+        note += " Neither mode count can tell the two models apart here; only the continuous numbers can."
     rep.text(f"**{name}: the paper's claim, tested.** Modes (cut 0.5): {holds('modes')}. "
              f"Cosine diversity: {holds('cosine_distance')}. Modes in feature space: {holds('feature_modes')}. "
              f"Feature-space diversity: {holds('feature_cosine_distance')}. Gradient-region centroid spread: "
