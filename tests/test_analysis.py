@@ -81,7 +81,7 @@ def test_chain_stats_on_a_linear_neuron():
     means = torch.randn(6, 1, 4, 4)
     st = chain_stats(lin, "output:1", means)
     assert st.chains == 6 and st.modes >= 1
-    assert st.activation == pytest.approx(float(lin(means)[:, 1].mean()), rel=1e-5)
+    assert st.activation == pytest.approx(float(lin(means)[:, 1].mean().detach()), rel=1e-5)
     assert st.saliency_spread == pytest.approx(0.0, abs=1e-9)  # same gradient for every chain
 
 
