@@ -16,7 +16,7 @@ class, over the per-chain means after burn-in (see ``ldam.analysis``):
 Uncertainty: every (training run, sampler seed) pair gives one paired difference averaged over
 the 10 classes; the report gives mean ± standard error over those pairs and how many of them
 point the paper's way. MNIST uses three training seeds (the zoo's seed 0 and two more trained
-here, about a minute each); CIFAR-10 uses the zoo's one training run.
+here, about a minute each); CIFAR-10 two (the zoo's and one more, about 25 minutes to train once).
 
     python experiments/param_averaging.py    # docs/repro/param_averaging.md, figure5_*.png
 """
@@ -62,13 +62,14 @@ class Setting:
     feature_layer: str  # the penultimate layer, for the feature-space numbers
 
 
-def lenet_pairs(seeds: int, quick: bool) -> list[tuple[str, nn.Module, nn.Module]]:
-    """(label, base, averaged) for the zoo LeNet and ``seeds − 1`` more training seeds."""
-    pairs = [("zoo seed 0", ldam.zoo.load("lenet-mnist")[0], ldam.zoo.load("lenet-mnist-avg")[0])]
-    zoo = ldam.zoo.entry("lenet-mnist").meta["config"]
+def trained_pairs(name: str, seeds: int, quick: bool) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(label, base, averaged) for ``zoo:name`` and ``zoo:name-avg``, and for ``seeds − 1`` more
+    training seeds with the zoo's own recipe (trained into ``runs/`` once, then reused)."""
+    pairs = [("zoo seed 0", ldam.zoo.load(name)[0], ldam.zoo.load(f"{name}-avg")[0])]
+    recipe = ldam.zoo.entry(name).meta["config"]
     for s in range(1, seeds):
-        cfg = TrainConfig(**{**zoo, "seed": s})
-        out = ROOT / "runs" / f"repro-lenet-mnist-seed{s}"
+        cfg = TrainConfig(**{**recipe, "seed": s})
+        out = ROOT / "runs" / f"repro-{name}-seed{s}"
         rec = train(cfg, out, resume=True, progress=not quick)
         pairs.append((f"seed {s}", rec["model"].eval(), rec["model_avg"].eval()))
     return pairs
@@ -165,10 +166,13 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--seeds", type=int, default=None, help="sampler seeds per model (default 3, quick 1)")
     p.add_argument("--train-seeds", type=int, default=None, help="LeNet training runs (default 3, quick 1)")
+    p.add_argument("--cifar-train-seeds", type=int, default=None,
+                   help="VGG training runs (default 2, quick 1); each extra one trains for about 25 minutes once")
     args = p.parse_args()
     setup(args)
     seeds = args.seeds or (1 if args.quick else 3)
     train_seeds = args.train_seeds or (1 if args.quick else 3)
+    cifar_seeds = args.cifar_train_seeds or (1 if args.quick else 2)
     rep = Report(args.out / "param_averaging.md", "Paper Figure 5 and §5.2, measured: parameter averaging and "
                  "the number of modes", args.quick)
     rep.text("**The paper said** (§5.2): LeNet trained 10 epochs reaches 98.7 %, the average of its weights over "
@@ -187,16 +191,16 @@ def main() -> None:
     mnist = Setting(chains=3 if quick else 16, steps=20 if quick else 1500, burn_in=10 if quick else 500,
                     step_size=0.004, temperature=0.02, l2=0.3, figure_class=4, feature_layer="relu4")
     _, info = ldam.zoo.load("lenet-mnist")
-    v, sat = study(rep, "MNIST", lenet_pairs(train_seeds, quick), info.input_shape, mnist, seeds,
+    v, sat = study(rep, "MNIST", trained_pairs("lenet-mnist", train_seeds, quick), info.input_shape, mnist, seeds,
                    ldam.Box.from_normalization(info.mean, info.std), info.class_names, {})
     conclude(rep, "MNIST", v, mnist.chains, sat)
     if "vgg-cifar10-avg" in ldam.zoo.names() and data_available("cifar10"):
         cifar = Setting(chains=2 if quick else 8, steps=10 if quick else 800, burn_in=5 if quick else 300,
                         step_size=2e-3, temperature=1e-3, l2=0.05, figure_class=8,  # as experiments/cifar10.py
                         feature_layer="classifier.2")
-        base, info = ldam.zoo.load("vgg-cifar10")
-        avg, _ = ldam.zoo.load("vgg-cifar10-avg")
-        v, sat = study(rep, "CIFAR-10", [("zoo seed 0", base, avg)], info.input_shape, cifar, seeds,
+        _, info = ldam.zoo.load("vgg-cifar10")
+        pairs = trained_pairs("vgg-cifar10", cifar_seeds, quick)
+        v, sat = study(rep, "CIFAR-10", pairs, info.input_shape, cifar, seeds,
                        ldam.Box.from_normalization(info.mean, info.std), info.class_names,
                        {"display": "pixel", "mean": info.mean, "std": info.std})
         conclude(rep, "CIFAR-10", v, cifar.chains, sat)
