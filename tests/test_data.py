@@ -94,3 +94,21 @@ def test_download_verifies_the_checksum_and_never_leaves_partial_files(data_copy
     with pytest.raises(DataError, match=r"could not download.*connection refused.*SHA-256 .* != expected"):
         mnist.download(FILES[2], dest, mirrors=["dead://x/", "bad://x/"], fetch=fetch)
     assert sorted(f.name for f in dest.iterdir()) == [FILES[3]]
+
+
+def test_sample_photos_are_the_scikit_image_files():
+    pytest.importorskip("skimage", reason="the imagenet extra is not installed")
+    import skimage.data
+
+    from ldam.data import load_photo, photo_names
+
+    x = load_photo("coffee", size=224, resize=256)
+    assert x.shape == (3, 224, 224) and 0 <= float(x.min()) and float(x.max()) <= 1
+    raw = skimage.data.coffee()  # 400 x 600 RGB
+    assert raw.shape == (400, 600, 3)
+    # no resizing (short side already 400): exactly the centre 400 x 400 of the file, over 255
+    full = load_photo("coffee", size=400, resize=400)
+    np.testing.assert_array_equal(full.permute(1, 2, 0).numpy(), raw[:, 100:500].astype(np.float32) / 255)
+    assert set(photo_names()) >= {"chelsea", "coffee", "rocket"}
+    with pytest.raises(DataError, match="no sample photo named 'dog'.*chelsea"):
+        load_photo("dog")
