@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, LdamError
-from .zoo import ARCHITECTURES, ModelInfo, build, load_model, save_checkpoint
+from .zoo import ARCHITECTURES, CIFAR10_CLASSES, CIFAR10_NORM, MNIST_CLASSES, ModelInfo, build, load_model, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,8 @@ def _cifar10(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(_mnist, (1, 28, 28), (0.1307,), (0.3081,), [str(i) for i in range(10)], False),
-    "cifar10": DatasetSpec(_cifar10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                           ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-                           True),
+    "mnist": DatasetSpec(_mnist, (1, 28, 28), (0.1307,), (0.3081,), MNIST_CLASSES, False),
+    "cifar10": DatasetSpec(_cifar10, (3, 32, 32), *CIFAR10_NORM, CIFAR10_CLASSES, True),
 }
 
 

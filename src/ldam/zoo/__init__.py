@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..data.cifar10 import CLASSES as CIFAR10_CLASSES
 from ..errors import CheckpointError, LdamError
 from . import efficientnet
 from .lenet import LeNet5
@@ -32,7 +33,6 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
 }
 
 MNIST_CLASSES = [str(i) for i in range(10)]
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
