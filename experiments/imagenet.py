@@ -19,6 +19,7 @@ import torch
 
 import ldam
 import ldam.zoo
+from ldam.analysis import activation_gradients
 from ldam.data import PHOTOS, load_photo
 from ldam.render import batch_grid
 
@@ -80,11 +81,10 @@ def main() -> None:
                for i, c in enumerate(CLASSES)])
 
     r = ldam.sample(model, UNITS, info.input_shape, **common)
-    from ldam.analysis import activation_gradients
     acts = [activation_gradients(model, u, r.mean[i:i + 1])[0].item() for i, u in enumerate(UNITS)]
     photo_acts = [activation_gradients(model, u, photos)[0] for u in UNITS]
     rep.text("### A mid-layer unit",
-             f"Channels of `_blocks.8` (channel mean over positions), one chain each, the same settings.")
+             "Channels of `_blocks.8` (channel mean over positions), one chain each, the same settings.")
     rep.image(stack([header(UNITS, 224 + 2, mode="RGB"),
                      labeled(batch_grid(r.mean, len(UNITS), zoom=1, **pix), "pixel space"),
                      labeled(batch_grid(r.mean, len(UNITS), zoom=1).convert("RGB"), "signed (paper)")]),

@@ -24,7 +24,6 @@ here, about a minute each); CIFAR-10 two (the zoo's and one more, about 25 minut
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
