@@ -8,9 +8,11 @@ with Langevin dynamics, and average the samples so the pixels that matter stand 
 
 from .burnin import AutoBurnIn, BurnIn, FixedBurnIn
 from .callbacks import Callback, GifRecorder, ProgressBar
+from .discriminator import ConvCritic, CriticTraining, Discriminator, MLPCritic, RealImages
 from .energy import L2, Box, Energy, Regularizer, TotalVariation
 from .errors import (
     CheckpointError,
+    CriticWarning,
     DataError,
     DivergenceError,
     LdamError,
@@ -30,10 +32,11 @@ __all__ = [
     "sample", "Sampler", "StepInfo", "Result",
     "Target", "resolve", "probe_layers",
     "Regularizer", "L2", "TotalVariation", "Box", "Energy",
+    "Discriminator", "CriticTraining", "RealImages", "ConvCritic", "MLPCritic",
     "Method", "SGLD", "MALA", "PSGLD", "Paper",
     "PolynomialDecay", "CyclicAnnealing",
     "BurnIn", "FixedBurnIn", "AutoBurnIn",
     "Callback", "ProgressBar", "GifRecorder",
     "LdamError", "TargetError", "ShapeError", "DivergenceError", "NonFiniteActivationError",
-    "DataError", "CheckpointError",
+    "DataError", "CheckpointError", "CriticWarning",
 ]

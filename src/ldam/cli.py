@@ -66,6 +66,45 @@ def _schedule(s: str):
     return _positive(float)(s)
 
 
+def _unit_interval(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {s!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (0: plain LDAM, 1: the critic alone), got {s}")
+    return v
+
+
+def _discriminator(args: argparse.Namespace, info, input_shape: tuple[int, ...]):
+    """The discriminator the options ask for, or ``None`` when ``--disc-weight`` is 0."""
+    if not args.disc_weight and args.disc_checkpoint is None and args.disc_data is None:
+        return None
+    from .discriminator import CriticTraining, Discriminator
+
+    mode = args.disc_mode or ("mix" if args.method == "paper" else "density")
+    dataset = args.disc_data
+    if dataset is None and args.disc_checkpoint is None:
+        dataset = getattr(info, "dataset", None)
+        if dataset not in ("mnist", "cifar10"):
+            raise LdamError("the discriminator needs real images: pass --disc-data mnist|cifar10, or "
+                            "--disc-checkpoint PATH for a critic trained earlier")
+    real = None
+    if dataset is not None:
+        from .train import DATASETS, normalize
+
+        images, _ = DATASETS[dataset].load("train")
+        real = normalize(images, getattr(info, "mean", (0.0,)), getattr(info, "std", (1.0,)))
+        if tuple(real.shape[1:]) != tuple(input_shape):
+            raise LdamError(f"--disc-data {dataset} has images of shape {list(real.shape[1:])} but the model's inputs "
+                            f"have shape {list(input_shape)}; choose the dataset the model was trained on")
+    training = CriticTraining(every=args.disc_every, lr=args.disc_lr) if real is not None else None
+    if args.disc_checkpoint is not None:
+        return Discriminator.load(args.disc_checkpoint, real, weight=args.disc_weight, mode=mode, training=training,
+                                  seed=args.seed)
+    return Discriminator(real, weight=args.disc_weight, mode=mode, training=training, seed=args.seed)
+
+
 def _regularizers(args: argparse.Namespace, info) -> list[Regularizer]:
     regs: list[Regularizer] = []
     if args.l2:
@@ -104,6 +143,24 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
     r.add_argument("--pixel-range", action=argparse.BooleanOptionalAction, default=pixel_range,
                    help="keep inputs inside the pixel range [0, 1], in the model's normalized units "
                    "(default: %(default)s)")
+    dg = p.add_argument_group(
+        "discriminator: R_D(x) = -log D(x), a critic trained online against the chains",
+        "w morphs from the neuron's pre-image (0) to what the critic finds real (1). density: "
+        "log p = ((1-w) f - w R_D - ...)/T, exact with any method; mix: the authors' (1-w) g_f + w g_D of "
+        "RMS-normalized gradients, with --method paper.")
+    dg.add_argument("--disc-weight", type=_unit_interval, default=0.0, metavar="W",
+                    help="discriminator weight w in [0, 1] (default: %(default)s, no discriminator)")
+    dg.add_argument("--disc-data", choices=["mnist", "cifar10"], default=None,
+                    help="real images for the critic, normalized like the model's inputs "
+                    "(default: the zoo model's own dataset)")
+    dg.add_argument("--disc-checkpoint", type=Path, default=None, metavar="PATH",
+                    help="start from a critic saved earlier (critic.pt of a previous run); without real data it "
+                    "stays frozen")
+    dg.add_argument("--disc-mode", choices=["density", "mix"], default=None,
+                    help="density or mix (default: mix with --method paper, density otherwise)")
+    dg.add_argument("--disc-every", type=_positive(int), default=10, metavar="K",
+                    help="one critic update every K steps (default: %(default)s)")
+    dg.add_argument("--disc-lr", type=_positive(float), default=1e-4, help="the critic's learning rate (default: %(default)s)")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<time>)")
     o.add_argument("--display", choices=["signed", "pixel"], default="signed",
@@ -125,9 +182,13 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
     callbacks = [GifRecorder(out / "chains.gif", every=gif_every, display=args.display, **norm)]
     if not args.quiet:
         callbacks.append(ProgressBar(total=args.steps))
+    regularizers = _regularizers(args, info)
+    disc = _discriminator(args, info, input_shape)
+    if disc is not None:
+        regularizers.append(disc)
     res = sample(
         model, list(targets), input_shape=input_shape, chains=args.chains, steps=args.steps,
-        step_size=args.step_size, temperature=args.temperature, regularizers=_regularizers(args, info),
+        step_size=args.step_size, temperature=args.temperature, regularizers=regularizers,
         method=args.method, burn_in=burn_in, thin=thin, seed=args.seed, ema_tau=args.ema_tau,
         callbacks=callbacks,
     )
@@ -139,6 +200,8 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
         "results (samples, means, traces, config)": res.save(out / "result.pt"),
         "config": out / "config.json",
     }
+    if disc is not None:
+        paths["critic (reuse with --disc-checkpoint)"] = disc.save(out / "critic.pt")
     res.target_grid(display=args.display, **norm).save(out / "targets.png")
     (out / "config.json").write_text(json.dumps(res.config, indent=2, default=repr) + "\n")
     final = res.target_activations()[-max(1, res.activations.shape[0] // 10):].mean(0)
@@ -150,6 +213,12 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
         print(f"  {t}{label}: mean activation over the last 10% of steps {f:.3f}")
     if res.acceptance is not None:
         print(f"  MALA acceptance rate: {float(res.acceptance.mean()):.3f}")
+    if disc is not None:
+        d_mean = float(disc.prob_real(res.mean).mean())
+        last = disc.stats()
+        scores = f", last update D(real) {last['d_real']:.3f}, D(fake) {last['d_fake']:.3f}" if last else ""
+        print(f"  discriminator (w = {disc.weight:g}, {disc.mode}, {disc.updates} critic updates{scores}): "
+              f"D of the chain means {d_mean:.3f}")
     for what, p in paths.items():
         print(f"{what}: {p}")
     return 0

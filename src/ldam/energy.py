@@ -8,8 +8,10 @@ where ``f`` is the target activation (:mod:`ldam.targets`), each regularizer is 
 holding its weight ``λ_i``, and ``T`` is the temperature (:mod:`ldam.schedules`).
 
 A regularizer is anything with a ``weight``, a ``value(x) -> [batch]`` and a ``grad(x)``.
-Regularizers that learn while the chains run (the discriminator of a later release) also get
-``observe(x, step)`` after every step; the base class makes that a no-op.
+Regularizers that learn while the chains run (:class:`ldam.Discriminator`) also get
+``observe(x, step)`` after every step; the base class makes that a no-op. A regularizer may
+also scale the activation term (``log p = (a·f − Σ λ_i R_i) / T``, the discriminator's density
+mode) or, with ``method="paper"``, replace the drift by a normalized mix.
 """
 
 from __future__ import annotations
@@ -43,6 +45,31 @@ class Regularizer:
 
     def observe(self, x: torch.Tensor, step: int) -> None:
         """Called with the chains' state after every step; online-trained regularizers learn here."""
+
+    def bind(self, input_shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> None:
+        """Called once by the sampler with one example's shape, the device and the dtype."""
+
+    def reset(self) -> None:
+        """Forget per-chain state (the sampler's chains were reset)."""
+
+    def stats(self) -> dict[str, float]:
+        """Numbers to show beside the chains (e.g. a critic's scores)."""
+        return {}
+
+    @property
+    def prior_weight(self) -> float | None:
+        """The ``λ`` with which ``R`` enters ``Σ λ_i R_i`` (``None``: not a prior term)."""
+        return self.weight
+
+    @property
+    def activation_scale(self) -> float:
+        """A factor on ``f`` in ``log p``; the discriminator's density mode uses ``1 − w``."""
+        return 1.0
+
+    @property
+    def mixes(self) -> bool:
+        """True when the regularizer replaces the drift by a normalized mix (``method="paper"``)."""
+        return False
 
 
 @dataclass
@@ -178,7 +205,20 @@ class Energy:
 
     @property
     def soft(self) -> list[Regularizer]:
-        return [r for r in self.regularizers if r.weight is not None and r.weight != 0]
+        return [r for r in self.regularizers if r.prior_weight is not None and r.prior_weight != 0]
+
+    @property
+    def activation_scale(self) -> float:
+        """The factor ``a`` on ``f``: ``log p = (a·f − Σ λ R) / T`` (1 unless a density-mode critic)."""
+        a = 1.0
+        for r in self.regularizers:
+            a *= r.activation_scale
+        return a
+
+    @property
+    def mixer(self) -> Regularizer | None:
+        """The regularizer that mixes normalized gradients into the drift, if any is active."""
+        return next((r for r in self.regularizers if r.mixes), None)
 
     @property
     def boxes(self) -> list[Box]:
@@ -192,11 +232,12 @@ class Energy:
         """``Σ λ_i R_i(x)`` per row (if asked) and its gradient; ``None`` when there is no prior."""
         value = grad = None
         for r in self.soft:
+            w = r.prior_weight
             g = r.grad(x)
-            grad = r.weight * g if grad is None else grad.add_(g, alpha=r.weight)
+            grad = w * g if grad is None else grad.add_(g, alpha=w)
             if with_value:
                 v = r.value(x)
-                value = r.weight * v if value is None else value + r.weight * v
+                value = w * v if value is None else value + w * v
         return value, grad
 
     def prior_split(self, x: torch.Tensor) -> tuple[float, torch.Tensor | None]:
@@ -204,11 +245,12 @@ class Energy:
         ``∇R(x) = x`` (L2), ``rest`` is the other gradients (``None`` if there are none)."""
         k, rest = 0.0, None
         for r in self.soft:
+            w = r.prior_weight
             if r.identity_gradient:
-                k += r.weight
+                k += w
             else:
                 g = r.grad(x)
-                rest = r.weight * g if rest is None else rest.add_(g, alpha=r.weight)
+                rest = w * g if rest is None else rest.add_(g, alpha=w)
         return k, rest
 
     def inside(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -225,13 +267,17 @@ class Energy:
         return x
 
 
-def log_prob(f: torch.Tensor, prior: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """``(f − Σ λR) / T`` per row."""
+def log_prob(f: torch.Tensor, prior: torch.Tensor | None, temperature: float, scale: float = 1.0) -> torch.Tensor:
+    """``(a·f − Σ λR) / T`` per row, ``a = scale``."""
+    if scale != 1.0:
+        f = scale * f
     return (f if prior is None else f - prior) / temperature
 
 
-def grad_log_prob(gf: torch.Tensor, gprior: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """``(∇f − Σ λ∇R) / T``."""
+def grad_log_prob(gf: torch.Tensor, gprior: torch.Tensor | None, temperature: float, scale: float = 1.0) -> torch.Tensor:
+    """``(a·∇f − Σ λ∇R) / T``, ``a = scale``."""
+    if scale != 1.0:
+        gf = scale * gf
     g = gf if gprior is None else gf - gprior
     return g / temperature if temperature != 1.0 else g
 

@@ -33,3 +33,7 @@ class DataError(LdamError, OSError):
 
 class CheckpointError(LdamError, ValueError):
     """A checkpoint cannot be loaded safely."""
+
+
+class CriticWarning(UserWarning):
+    """The discriminator's critic has collapsed: at chance or saturated for a long time."""

@@ -122,7 +122,10 @@ class Sampler:
         self.targets = self.target_set.targets
         self.chains = chains
         self.energy = Energy(self.target_set, regularizers)
+        for r in self.energy.regularizers:
+            r.bind(self.input_shape, self.device, self.dtype)
         self.method = make_method(method)
+        self._check_mix(self.method)
         self.step_size: Schedule = step_size
         self.temperature: Schedule = temperature
         self.burn_in = make_burn_in(burn_in)
@@ -185,7 +188,7 @@ class Sampler:
         :class:`~ldam.energy.L2` if asked for ``"l2"`` and there is none."""
         for r in self.energy.regularizers:
             if r.name == name:
-                r.weight = weight  # type: ignore[assignment]
+                r.weight = weight  # type: ignore[assignment]  (a discriminator checks 0 <= w <= 1)
                 return
         if name == "l2" and weight is not None:
             self.energy.regularizers.append(L2(weight))
@@ -193,13 +196,24 @@ class Sampler:
         raise KeyError(f"no regularizer named {name!r}; have {[r.name for r in self.energy.regularizers]}")
 
     def set_method(self, method: str | Method) -> None:
-        self.method = make_method(method)
+        m = make_method(method)
+        self._check_mix(m)
+        self.method = m
+
+    def _check_mix(self, method: Method) -> None:
+        if method.name != "paper" and any(getattr(r, "mode", None) == "mix" for r in self.energy.regularizers):
+            raise ValueError(
+                f"a discriminator in mode='mix' mixes RMS-normalized gradients, which only the authors' update "
+                f"does: use method='paper', or Discriminator(mode='density') with {method.name!r}"
+            )
 
     def reset(self, init_scale: float = 1.0) -> None:
         """Restart every chain from fresh noise (the streams continue; history is cleared)."""
         self.x = self.noise.normal() * init_scale
         self.energy.project_(self.x)
         self.method.reset()
+        for r in self.energy.regularizers:
+            r.reset()
         self.t, self._kept, self._checked = 0, 0, 0
         self._samples.clear()
         self._sum.zero_()
@@ -252,7 +266,10 @@ class Sampler:
         self.t = t + 1
         if self.t - self._checked >= self.check_every:
             self._check()
-        info = StepInfo(t, f, temp, eps, self.burn_in_step is not None, self.method.stats())
+        stats = self.method.stats()
+        for r in self.energy.regularizers:
+            stats.update(r.stats())
+        info = StepInfo(t, f, temp, eps, self.burn_in_step is not None, stats)
         for cb in self.callbacks:
             cb.on_step(self, info)
         return info

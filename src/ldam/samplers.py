@@ -129,9 +129,12 @@ class SGLD(Method):
         eps, temp = ctx.step_size, ctx.temperature
         f, gf = ctx.energy.activation(x)
         k, rest = ctx.energy.prior_split(x)
+        a = ctx.energy.activation_scale
+        if a != 1.0:
+            gf.mul_(a)
         if rest is not None:
             gf.sub_(rest)
-        # x + (ε/2T)(∇f − k·x − rest) + √ε ξ, with the L2 part as one scalar multiply
+        # x + (ε/2T)(a·∇f − k·x − rest) + √ε ξ, with the L2 part as one scalar multiply
         if k:
             x.mul_(1 - eps * k / (2 * temp))
         x.add_(gf, alpha=eps / (2 * temp)).add_(ctx.noise.normal(), alpha=math.sqrt(eps))
@@ -176,6 +179,7 @@ class MALA(Method):
 
     def step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         energy, T = ctx.energy, ctx.temperature
+        a = energy.activation_scale
         b = x.shape[0]
         view = (b,) + (1,) * (x.dim() - 1)
         if self._log_scale is None or self._log_scale.shape[0] != b:
@@ -185,14 +189,14 @@ class MALA(Method):
             self._cache = energy.activation(x)
         f, gf = self._cache
         pv, gp = energy.prior(x)
-        logp = log_prob(f, pv, T)
-        g = grad_log_prob(gf, gp, T)
+        logp = log_prob(f, pv, T, a)
+        g = grad_log_prob(gf, gp, T, a)
         xi = ctx.noise.normal()
         prop = x + (eps / 2).view(view) * g + eps.sqrt().view(view) * xi
         f2, gf2 = energy.activation(prop)
         pv2, gp2 = energy.prior(prop)
-        logp2 = log_prob(f2, pv2, T)
-        g2 = grad_log_prob(gf2, gp2, T)
+        logp2 = log_prob(f2, pv2, T, a)
+        g2 = grad_log_prob(gf2, gp2, T, a)
         back = x - prop - (eps / 2).view(view) * g2
         log_q_back = -back.flatten(1).pow(2).sum(1) / (2 * eps)
         log_q_fwd = -0.5 * xi.flatten(1).pow(2).sum(1)
@@ -245,7 +249,7 @@ class PSGLD(Method):
         eps = ctx.step_size
         f, gf = ctx.energy.activation(x)
         _, gp = ctx.energy.prior(x, with_value=False)
-        g = grad_log_prob(gf, gp, ctx.temperature)
+        g = grad_log_prob(gf, gp, ctx.temperature, ctx.energy.activation_scale)
         if self._v is None or self._v.shape != g.shape:
             self._v = g * g
             self._g = None
@@ -265,7 +269,8 @@ class PSGLD(Method):
 class Paper(Method):
     """The authors' update (BIDMach ``viz/Synthesis.scala``, PAPER.md §6), for comparison.
 
-    Per step: ``acc ← 0.9 acc + 0.1 g_f²``; ``ĝ = g_f / √(acc + 1e-8)``;
+    Per step: ``acc ← 0.9 acc + 0.1 g_f²``; ``ĝ = g_f / √(acc + 1e-8)``; with a discriminator in
+    ``"mix"`` mode, ``ĝ ← (1 − w) ĝ + w ĝ_D`` (:class:`ldam.Discriminator`);
     ``ĝ += σ_τ ξ`` with ``σ_τ = T / (1 + τ²)`` and ``τ = t mod frame``;
     ``ĝ −= (2/s) Σ λ_i ∇R_i(x)``; ``m ← 0.9 m + 0.1 ĝ``; ``x ← x + s·ε·m``; clamp to any box.
     Here the temperature plays the noise slider ``σ`` and the step size the learning rate ``η``;
@@ -290,6 +295,12 @@ class Paper(Method):
         assert self._m is not None
         self._acc.mul_(0.9).addcmul_(gf, gf, value=0.1)
         g = gf / (self._acc + 1e-8).sqrt()
+        a = ctx.energy.activation_scale
+        if a != 1.0:
+            g.mul_(a)
+        mixer = ctx.energy.mixer
+        if mixer is not None:
+            g = mixer.mix(g, x)  # type: ignore[attr-defined]
         tau = ctx.t % self.frame
         g.add_(ctx.noise.normal(), alpha=ctx.temperature / (1 + tau * tau))
         _, gp = ctx.energy.prior(x, with_value=False)
