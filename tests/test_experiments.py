@@ -23,6 +23,8 @@ CASES = {
     "param_averaging": ((), ["modes (cut 0.5)", "gradient region: effective area", "the paper's claim, tested"]),
     "cifar10": (("cifar10/cifar10_test_first1000.npz",), ["class means classified as target", "colour temperature"]),
     "imagenet": ((), ["top-5", "model's top-1 for the average", "_blocks.8:3"]),
+    "figure1": (("mnist/train-images-idx3-ubyte.gz", "cifar10/cifar10_test_first1000.npz"),
+                ["realism (held-out D of the means)", "class agreement (independent)", "ship", "diversity within a class"]),
 }
 
 

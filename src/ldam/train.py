@@ -376,7 +376,7 @@ def add_subcommands(sub: Any) -> None:
                        description="Train a zoo architecture with the paper's recipe. Checkpoints every epoch "
                        "to OUT/checkpoint.pt; writes OUT/model.pt (final weights), OUT/model-avg.pt (weights "
                        "averaged over the last epochs) and OUT/train.json (history and the three test accuracies).")
-    t.add_argument("--arch", default=d.arch, choices=["lenet5", "vgg-cifar"], help="architecture (default: %(default)s)")
+    t.add_argument("--arch", default=d.arch, choices=["lenet5", "vgg-cifar", "mlp", "cnn-cifar"], help="architecture (default: %(default)s)")
     t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="(default: %(default)s)")
     t.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
     t.add_argument("--lr", type=float, default=d.lr, help="learning rate (the peak, with --warmup) (default: %(default)s)")

@@ -24,12 +24,14 @@ from ..data.cifar10 import CLASSES as CIFAR10_CLASSES
 from ..errors import CheckpointError, LdamError
 from . import efficientnet
 from .lenet import LeNet5
+from .small import MLP, SmallCNN
 from .vgg import VGGCifar
 
 WEIGHTS = Path(__file__).parent / "weights"
 
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "lenet5": LeNet5, "vgg-cifar": VGGCifar, "efficientnet-lite0": efficientnet.efficientnet_lite0,
+    "mlp": MLP, "cnn-cifar": SmallCNN,
 }
 
 MNIST_CLASSES = [str(i) for i in range(10)]
