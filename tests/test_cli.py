@@ -105,3 +105,39 @@ def test_zoo_command_lists_every_entry_with_its_recorded_accuracy(capsys):
     rec = json.loads((zoo.WEIGHTS / "lenet-mnist-avg.json").read_text())
     line = next(ln for ln in out.splitlines() if ln.startswith("zoo:lenet-mnist-avg "))
     assert f"{rec['test_accuracy']:.4f}" in line
+
+
+def test_sample_with_an_online_discriminator_then_reuse_its_critic(tmp_path, capsys):
+    from conftest import require_data
+
+    require_data("mnist/train-images-idx3-ubyte.gz")
+    first = tmp_path / "a"
+    assert main(["sample", "--model", "zoo:lenet-mnist", "--target", "output:3", "--chains", "2", "--steps", "20",
+                 "--method", "paper", "--disc-weight", "0.5", "--disc-every", "5", "--out", str(first), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "discriminator (w = 0.5, mix, 4 critic updates" in text
+    cfg = json.loads((first / "config.json").read_text())
+    assert any("Discriminator(weight=0.5, mode='mix'" in r for r in cfg["regularizers"])
+    saved = ldam.Discriminator.load(first / "critic.pt")
+    assert saved.training is None
+    second = tmp_path / "b"
+    assert main(["sample", "--model", "zoo:lenet-mnist", "--target", "output:3", "--chains", "2", "--steps", "10",
+                 "--disc-weight", "1", "--disc-checkpoint", str(first / "critic.pt"), "--out", str(second),
+                 "--quiet"]) == 0
+    assert "density, 0 critic updates" in capsys.readouterr().out  # no real data given: the critic stays frozen
+
+
+def test_discriminator_options_are_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--model", "zoo:lenet-mnist", "--target", "output:3", "--disc-weight", "1.5"])
+    assert "must be in [0, 1]" in capsys.readouterr().err
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(LeNet5(), "lenet5", tmp_path / "m.pt", ModelInfo("m", "lenet5", (1, 28, 28)))
+    assert main(["sample", "--model", str(ckpt), "--target", "fc3:1", "--disc-weight", "0.5", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "needs real images: pass --disc-data" in capsys.readouterr().err
+    assert main(["sample", "--model", "zoo:lenet-mnist", "--target", "fc3:1", "--disc-weight", "0.5",
+                 "--method", "sgld", "--disc-mode", "mix", "--disc-checkpoint", str(tmp_path / "none.pt"),
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,4 +1,4 @@
-"""The ``ldam`` command line: ``sample``, ``layers``, ``demo``, ``train`` and ``eval``.
+"""The ``ldam`` command line: ``serve``, ``sample``, ``layers``, ``demo``, ``zoo``, ``train`` and ``eval``.
 
 Every error that ldam can explain is printed as one line (``ldam: error: ...``) with exit code 2.
 """
@@ -266,6 +266,28 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .web.server import ServerConfig, is_loopback, new_token, serve
+
+    token = args.token
+    if not is_loopback(args.host):
+        if not args.allow_remote:
+            raise LdamError(f"--host {args.host} would let other machines drive this server; add --allow-remote "
+                            "(it requires a token) or keep the default 127.0.0.1")
+        token = token or new_token()
+        print(f"ldam serve: WARNING: listening on {args.host}, reachable from other machines. Every request must "
+              f"carry the token; share the URL below only with people you trust.", file=sys.stderr)
+    models = args.model or [DEMO_MODEL]
+    cfg = ServerConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
+                       max_fps=args.max_fps)
+    try:
+        serve(models, cfg, with_data=not args.no_data)
+    except KeyboardInterrupt:
+        pass
+    print("ldam serve: stopped", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ldam",
@@ -300,6 +322,23 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("model", help="zoo:NAME or a checkpoint file")
     ly.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N")
     ly.set_defaults(func=cmd_layers)
+
+    from .web.server import DEFAULT_PORT
+
+    w = sub.add_parser("serve", help="the live web UI: watch chains move and turn the knobs while they run",
+                       description="Serve the live sampler and activations pages. Each browser tab runs its own "
+                       "sampler; sliders change temperature, step size, L2, discriminator weight and averaging "
+                       "while the chains run. Binds 127.0.0.1 unless --allow-remote.")
+    w.add_argument("model", nargs="*", help=f"zoo:NAME or checkpoint files the browser may choose (default: {DEMO_MODEL})")
+    w.add_argument("--port", type=int, default=DEFAULT_PORT, help="(default: %(default)s)")
+    w.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, this machine only)")
+    w.add_argument("--allow-remote", action="store_true",
+                   help="allow a --host other than localhost; prints a warning and requires a token")
+    w.add_argument("--token", default=None, help="require ?token=TOKEN on every request (generated with --allow-remote)")
+    w.add_argument("--max-sessions", type=_positive(int), default=4, help="concurrent browser sessions (default: %(default)s)")
+    w.add_argument("--max-fps", type=_positive(float), default=60.0, help="frames per second per session, at most (default: %(default)s)")
+    w.add_argument("--no-data", action="store_true", help="do not load datasets (no discriminator, no dataset inputs)")
+    w.set_defaults(func=cmd_serve)
 
     z = sub.add_parser("zoo", help="list the zoo's models with their inputs and test accuracies",
                        description="List every zoo:NAME with its input shape, dataset, test accuracy and weights file.")

@@ -75,6 +75,42 @@ def grid(images: Sequence[Image.Image], ncol: int, pad: int = 2, zoom: int = 2, 
     return canvas
 
 
+def display_array(x: torch.Tensor, display: str = "signed", mean: Sequence[float] = (0.0,),
+                  std: Sequence[float] = (1.0,)) -> np.ndarray:
+    """A batch of 1- or 3-channel images ``[N, C, H, W]`` → uint8 ``[N, H, W, C]``, each on its own
+    scale (the same values as :func:`to_image` gives one at a time, computed in one pass)."""
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"display_array takes [N, 1 or 3, H, W], got {list(x.shape)}")
+    a = x.detach().to(torch.float64).cpu()
+    if display == "signed":
+        peak = a.abs().amax(dim=(1, 2, 3), keepdim=True)
+        scale = torch.where(peak > 0, 127.0 / peak, torch.zeros_like(peak))
+        u = (a * scale + 128.0).round_().clamp_(0, 255)
+    elif display == "pixel":
+        m = torch.as_tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+        sd = torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+        u = (a * sd + m).clamp_(0, 1).mul_(255).round_()
+    else:
+        raise ValueError(f"display must be 'signed' or 'pixel', got {display!r}")
+    return u.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def grid_array(tiles: np.ndarray, ncol: int, pad: int = 2, zoom: int = 2, background: int = 64) -> Image.Image:
+    """Tile uint8 ``[N, H, W, C]`` pictures ``ncol`` per row, enlarged ``zoom`` times: the layout of
+    :func:`grid`, assembled with array reshapes instead of one paste per tile."""
+    n, h, w, c = tiles.shape
+    nrow = -(-n // ncol)
+    if zoom > 1:
+        tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)
+        h, w = h * zoom, w * zoom
+    cells = np.full((nrow * ncol, h + pad, w + pad, c), background, np.uint8)
+    cells[:n, :h, :w] = tiles
+    body = cells.reshape(nrow, ncol, h + pad, w + pad, c).transpose(0, 2, 1, 3, 4).reshape(nrow * (h + pad), ncol * (w + pad), c)
+    canvas = np.full((pad + body.shape[0], pad + body.shape[1], c), background, np.uint8)
+    canvas[pad:, pad:] = body
+    return Image.fromarray(canvas[..., 0] if c == 1 else canvas, mode="L" if c == 1 else "RGB")
+
+
 def batch_grid(x: torch.Tensor, ncol: int, display: str = "signed", zoom: int = 2, **norm: Sequence[float]) -> Image.Image:
     """A grid of a batch ``[N, C, *spatial]``: each example displayed on its own scale."""
     return grid([to_image(xi, display, **norm) for xi in x], ncol, zoom=zoom)

@@ -165,6 +165,7 @@ class Sampler:
         self.energy.project_(self.x)
         self.t = 0
         self._act = torch.empty(max(64, 1), self.batch, dtype=self.dtype, device=self.device)
+        self._act_base = 0  # step of self._act[0]; raised by forget_trace
         self._samples: list[torch.Tensor] = []
         self._kept = 0
         self._sum = torch.zeros_like(self.x)
@@ -214,6 +215,7 @@ class Sampler:
         self.method.reset()
         for r in self.energy.regularizers:
             r.reset()
+        self._act_base = 0
         self.t, self._kept, self._checked = 0, 0, 0
         self._samples.clear()
         self._sum.zero_()
@@ -254,11 +256,12 @@ class Sampler:
                 self._keep()
         ctx = StepContext(self.energy, eps, temp, self.noise, t, adapting=self.burn_in_step is None)
         f = self.method.step(self.x, ctx)
-        if t >= self._act.shape[0]:
+        i = t - self._act_base
+        if i >= self._act.shape[0]:
             grown = torch.empty(2 * self._act.shape[0], self.batch, dtype=self.dtype, device=self.device)
             grown[: self._act.shape[0]] = self._act
             self._act = grown
-        self._act[t] = f
+        self._act[i] = f
         for r in self.energy.regularizers:
             r.observe(self.x, t)
         if self.burn_in_step is None:
@@ -299,7 +302,7 @@ class Sampler:
         """Raise a clear error if any chain left the finite numbers since the last check."""
         if self.t == self._checked:
             return
-        acts = self._act[self._checked : self.t]
+        acts = self._act[self._checked - self._act_base : self.t - self._act_base]
         big = self.x.abs().amax()
         ok_x = bool(torch.isfinite(big)) and float(big) < 1e12
         ok_f = bool(torch.isfinite(acts).all())
@@ -337,8 +340,19 @@ class Sampler:
     # ---- results -----------------------------------------------------------------------
     @property
     def activations(self) -> torch.Tensor:
-        """``f(x_t)`` for every step so far, ``[steps, batch]``."""
-        return self._act[: self.t]
+        """``f(x_t)`` for every step so far (since :meth:`forget_trace`), ``[steps, batch]``."""
+        return self._act[: self.t - self._act_base]
+
+    def forget_trace(self, keep: int = 0) -> None:
+        """Drop all but the last ``keep`` steps of the activation trace (a long-running live
+        session calls this to keep its memory bounded). Samples and means are unaffected."""
+        self._check()
+        n = self.t - self._act_base
+        keep = max(0, min(int(keep), n))
+        tail = self._act[n - keep:n].clone()
+        self._act = torch.empty(max(64, 2 * keep), self.batch, dtype=self.dtype, device=self.device)
+        self._act[:keep] = tail
+        self._act_base = self.t - keep
 
     @property
     def mean(self) -> torch.Tensor | None:

@@ -1,0 +1,261 @@
+"""``ldam serve``: the live sampler and activations pages over FastAPI + WebSockets.
+
+Each WebSocket connection owns one :class:`~ldam.web.session.LiveSession`. Its worker
+publishes frames; one sender task per connection forwards the newest frame whenever the socket
+is free (older frames are dropped) and every other reply in order. Closing the tab stops the
+worker. The server binds localhost unless told otherwise, and then it requires a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import io
+import ipaddress
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from ..errors import LdamError
+from .protocol import MAX_UPLOAD, Activations, ProtocolError, Record, Set, Simple, Start, Top, parse
+from .session import LiveSession, ModelEntry, activation_maps, top_images
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_PORT = 8765
+MAX_PIXELS = 40_000_000
+FORMATS = {"PNG", "JPEG", "GIF", "BMP", "WEBP"}
+
+
+@dataclass
+class ServerConfig:
+    """What ``ldam serve`` was started with."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    max_sessions: int = 4
+    max_fps: float = 60.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def decode_upload(data: str, entry: ModelEntry) -> torch.Tensor:
+    """A base64 image from the browser → one model input. Size, format and pixel count are capped."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("the upload is not valid base64") from None
+    if len(raw) > MAX_UPLOAD:
+        raise ProtocolError(f"the upload is {len(raw)} bytes; the limit is {MAX_UPLOAD}")
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.format not in FORMATS:
+                raise ProtocolError(f"unsupported image format {im.format}; use PNG, JPEG, GIF, BMP or WEBP")
+            if im.width * im.height > MAX_PIXELS:
+                raise ProtocolError(f"the image is {im.width}x{im.height} pixels; the limit is {MAX_PIXELS} pixels")
+            c, h, w = entry.info.input_shape
+            im = im.convert("L" if c == 1 else "RGB")
+            side = min(im.size)
+            left, top = (im.width - side) // 2, (im.height - side) // 2
+            im = im.crop((left, top, left + side, top + side)).resize((w, h), Image.BICUBIC)
+            arr = torch.tensor(bytearray(im.tobytes()), dtype=torch.uint8).float().div_(255)
+    except ProtocolError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ProtocolError(f"the upload is not a readable image ({type(e).__name__})") from None
+    pixels = arr.view(h, w, c).permute(2, 0, 1) if c == 3 else arr.view(1, h, w)
+    return entry.preprocess_pixels(pixels)
+
+
+def _input(msg: Activations, entry: ModelEntry) -> torch.Tensor:
+    src = msg.input
+    if src.kind == "dataset":
+        if entry.test_images is None:
+            raise ProtocolError(f"{entry.name} has no dataset examples on this server")
+        if src.index >= len(entry.test_images):
+            raise ProtocolError(f"dataset index {src.index} is out of range (0-{len(entry.test_images) - 1})")
+        return entry.dataset_input(src.index)
+    if src.kind == "photo":
+        from ..data.photos import PHOTOS, load_photo
+
+        if entry.info.input_shape != (3, 224, 224) or src.name not in PHOTOS:
+            raise ProtocolError(f"sample photos are for 224x224 RGB models; names: {', '.join(PHOTOS)}")
+        return entry.preprocess_pixels(load_photo(src.name))
+    return decode_upload(src.data, entry)
+
+
+def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) -> FastAPI:
+    """The ASGI app serving ``entries`` (the only models a browser can choose)."""
+    cfg = cfg or ServerConfig()
+    app = FastAPI(title="ldam", docs_url=None, redoc_url=None, openapi_url=None)
+    sessions: set[LiveSession] = set()
+    lock = threading.Lock()
+    app.state.sessions = sessions
+    app.state.config = cfg
+
+    def authorized(token: str | None) -> bool:
+        return cfg.token is None or (token is not None and secrets.compare_digest(token, cfg.token))
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Any) -> Any:
+        if not authorized(request.query_params.get("token")):
+            return JSONResponse({"error": "this server needs ?token=... (printed when it started)"}, status_code=401)
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.get("/")
+    async def sampler_page() -> FileResponse:
+        return FileResponse(STATIC / "sampler.html")
+
+    @app.get("/activations")
+    async def activations_page() -> FileResponse:
+        return FileResponse(STATIC / "activations.html")
+
+    @app.get("/api/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"models": [e.describe() for e in entries.values()]})
+
+    @app.get("/api/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"ok": True, "sessions": len(sessions), "max_sessions": cfg.max_sessions})
+
+    @app.get("/favicon.ico")
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.on_event("shutdown")
+    async def stop_all() -> None:
+        for s in list(sessions):
+            s.stop(timeout=2)
+
+    @app.websocket("/ws")
+    async def socket(ws: WebSocket) -> None:
+        if not authorized(ws.query_params.get("token")):
+            await ws.close(code=4401, reason="token required")
+            return
+        origin = ws.headers.get("origin")
+        if origin is not None and origin.split("://", 1)[-1] != ws.headers.get("host"):
+            await ws.close(code=4403, reason="cross-origin connections are refused")
+            return
+        await ws.accept()
+        with lock:
+            full = len(sessions) >= cfg.max_sessions
+        if full:
+            await ws.send_json({"type": "error", "fatal": True,
+                                "message": f"the server is at its limit of {cfg.max_sessions} sessions; close another tab"})
+            await ws.close(code=1013)
+            return
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        slot: dict[str, Any] = {"frame": None}
+        replies: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+
+        def publish(msg: dict[str, Any]) -> None:  # any thread
+            if msg.get("type") == "frame":
+                slot["frame"] = msg  # the newest frame replaces one not yet sent
+            else:
+                replies.append(msg)
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop is closed: the connection is gone
+                pass
+
+        session = LiveSession(entries, publish, cfg.max_fps)
+        with lock:
+            sessions.add(session)
+
+        async def sender() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while replies:
+                    await ws.send_json(replies.popleft())
+                frame, slot["frame"] = slot["frame"], None
+                if frame is not None:
+                    await ws.send_json(frame)
+
+        send_task = asyncio.create_task(sender())
+        publish({"type": "hello", "models": [e.describe() for e in entries.values()],
+                 "limits": {"chains": 100, "upload_bytes": MAX_UPLOAD}})
+        try:
+            while True:
+                event = await ws.receive()
+                if event["type"] == "websocket.disconnect":
+                    break
+                text = event.get("text")
+                if text is None:
+                    publish({"type": "error", "message": "send JSON text messages, not binary"})
+                    continue
+                try:
+                    await _dispatch(parse(text), session, entries, publish)
+                except (ProtocolError, LdamError, ValueError, KeyError) as e:
+                    publish({"type": "error", "message": str(e).strip("'\"")})
+                if send_task.done():
+                    break
+        except WebSocketDisconnect:
+            pass
+        finally:
+            send_task.cancel()
+            await asyncio.to_thread(session.stop)
+            with lock:
+                sessions.discard(session)
+
+    return app
+
+
+async def _dispatch(msg: Any, session: LiveSession, entries: dict[str, ModelEntry], publish: Any) -> None:
+    if isinstance(msg, (Start, Activations, Top)) and msg.model not in entries:
+        raise ProtocolError(f"unknown model {msg.model!r}; this server offers: {', '.join(entries)}")
+    if isinstance(msg, Start):
+        session.submit("start", msg.model_dump())
+    elif isinstance(msg, Set):
+        session.submit("set", msg.changes())
+    elif isinstance(msg, Simple):
+        session.submit(msg.type)
+    elif isinstance(msg, Record):
+        session.submit("record", msg.on)
+    elif isinstance(msg, Activations):
+        entry = entries[msg.model]
+        x = _input(msg, entry)
+        publish(await asyncio.to_thread(activation_maps, entry, msg.layer, x))
+    elif isinstance(msg, Top):
+        publish(await asyncio.to_thread(top_images, entries[msg.model], msg.layer, msg.unit))
+
+
+def serve(models: list[str], cfg: ServerConfig, with_data: bool = True) -> None:
+    """Load ``models`` and serve until Ctrl-C."""
+    import uvicorn
+
+    entries = {spec: ModelEntry.load(spec, with_data=with_data) for spec in models}
+    app = create_app(entries, cfg)
+    token = f"?token={cfg.token}" if cfg.token else ""
+    print(f"ldam serve: {', '.join(entries)} on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
+                ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20)
+
+
+__all__ = ["create_app", "serve", "ServerConfig", "is_loopback", "DEFAULT_PORT"]
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)

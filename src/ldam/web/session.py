@@ -1,0 +1,471 @@
+"""One browser session: a sampler running in its own worker thread, steered by control messages.
+
+The worker never waits on the browser. After every frame (``steps_per_frame`` sampler steps) it
+renders the chains and publishes the frame as *the latest*; the sender hands the newest one to
+the socket whenever the socket is free, so a slow client gets fewer frames, never a queue.
+Controls are applied by the worker before its next step.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..discriminator import CriticTraining, Discriminator
+from ..energy import L2, Box
+from ..errors import LdamError
+from ..guard import model_guard
+from ..render import display_array, grid, grid_array, to_image
+from ..sampler import Sampler
+from ..samplers import MALA
+from ..targets import probe_layers
+from ..zoo import ModelInfo
+
+#: Ranges of the live controls: (low, high, log-scaled).
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "temperature": (1e-4, 10.0, True),
+    "step_size": (1e-5, 1.0, True),
+    "l2": (0.0, 10.0, False),
+    "disc_weight": (0.0, 1.0, False),
+    "ema_tau": (1.0, 500.0, True),
+    "steps_per_frame": (1, 100, False),
+}
+METHODS = ("sgld", "mala", "psgld", "paper")
+MAX_CHAINS = 100
+TRACE_KEEP = 2000
+GIF_FRAMES = 200
+
+
+def png_b64(im: Image.Image) -> str:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class NormalizedImages(Dataset):
+    """uint8 images ``[N, C, H, W]`` served as model inputs ``(pixel/255 − mean) / std``, one at a time."""
+
+    def __init__(self, images: torch.Tensor, mean: Any, std: Any):
+        self.images = images if images.dim() == 4 else images.unsqueeze(1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return (self.images[i].float() / 255 - self.mean) / self.std
+
+
+@dataclass
+class ModelEntry:
+    """A model the server was started with: the only models a browser may choose."""
+
+    name: str
+    model: torch.nn.Module
+    info: ModelInfo
+    layers: dict[str, Any]
+    train_images: torch.Tensor | None = None  # uint8, for the critic
+    test_images: torch.Tensor | None = None  # uint8, for the activations page
+    test_labels: torch.Tensor | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _top_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, spec: str, with_data: bool = True) -> "ModelEntry":
+        from ..zoo import load_model
+
+        model, info = load_model(spec)
+        with model_guard(model):
+            layers = probe_layers(model, info.input_shape)
+        entry = cls(spec, model, info, layers)
+        if with_data:
+            entry._load_data()
+        return entry
+
+    def _load_data(self) -> None:
+        from ..train import DATASETS
+
+        spec = DATASETS.get(self.info.dataset or "")
+        if spec is None or tuple(spec.input_shape) != tuple(self.info.input_shape):
+            return
+        try:
+            train_x, _ = spec.load("train")
+            test_x, test_y = spec.load("test")
+        except (LdamError, OSError):
+            return  # no local data: the discriminator and dataset inputs are disabled
+        self.train_images = train_x if train_x.dim() == 4 else train_x.unsqueeze(1)
+        self.test_images = (test_x if test_x.dim() == 4 else test_x.unsqueeze(1))[:1000]
+        self.test_labels = test_y[:1000]
+
+    @property
+    def has_data(self) -> bool:
+        return self.train_images is not None
+
+    def describe(self) -> dict[str, Any]:
+        names = self.info.class_names
+        return {
+            "name": self.name,
+            "input_shape": list(self.info.input_shape),
+            "layers": [{"name": n, "kind": li.kind, "shape": list(li.shape), "units": li.units}
+                       for n, li in self.layers.items()],
+            "classes": names if names is None or len(names) <= 20 else None,
+            "all_outputs": self.layers.get("output") is not None and self.layers["output"].units <= 20,
+            "discriminator": self.has_data,
+            "dataset_examples": 0 if self.test_images is None else len(self.test_images),
+            "photos": self.info.dataset == "imagenet",
+        }
+
+    def preprocess_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.info.preprocess(pixels)
+
+    def dataset_input(self, index: int) -> torch.Tensor:
+        assert self.test_images is not None
+        return NormalizedImages(self.test_images[index:index + 1], self.info.mean, self.info.std)[0]
+
+    def unit_scores(self, layer: str) -> torch.Tensor:
+        """Each test image's activation of every unit of ``layer`` (spatial mean), ``[N, units]``."""
+        with self._lock:
+            if layer not in self._top_cache:
+                assert self.test_images is not None
+                x = torch.stack([self.dataset_input(i) for i in range(len(self.test_images))])
+                self._top_cache[layer] = layer_output(self.model, layer, x).flatten(2).mean(2)
+            return self._top_cache[layer]
+
+
+def layer_output(model: torch.nn.Module, layer: str, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """``layer``'s output for ``x``, at least ``[N, units, 1]`` (eval mode, the model left as found)."""
+    module = dict(model.named_modules())[layer] if layer != "output" else None
+    outs: list[torch.Tensor] = []
+    captured: list[torch.Tensor] = []
+    with model_guard(model), torch.no_grad():
+        handle = None
+        if module is not None:
+            handle = module.register_forward_hook(lambda _m, _i, o: captured.append(o.detach()))
+        try:
+            for i in range(0, len(x), batch):
+                y = model(x[i:i + batch])
+                outs.append(captured.pop() if module is not None else y.detach())
+        finally:
+            if handle is not None:
+                handle.remove()
+    out = torch.cat(outs)
+    return out.reshape(len(out), out.shape[1] if out.dim() > 1 else 1, -1)
+
+
+@dataclass
+class Params:
+    """The live knobs; the worker copies them into the sampler before each frame."""
+
+    temperature: float = 0.02
+    step_size: float = 0.004
+    l2: float = 0.3
+    disc_weight: float = 0.0
+    ema_tau: float = 20.0
+    method: str = "sgld"
+    steps_per_frame: int = 1
+    display: str = "signed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class LiveSession:
+    """A sampler for one browser tab, advanced by a worker thread."""
+
+    def __init__(self, entries: dict[str, ModelEntry], publish: Callable[[dict[str, Any]], None], max_fps: float = 60.0):
+        self.entries = entries
+        self.publish = publish
+        self.params = Params()
+        self.min_interval = 1.0 / max_fps if max_fps > 0 else 0.0
+        self.controls: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.sampler: Sampler | None = None
+        self.entry: ModelEntry | None = None
+        self.model: torch.nn.Module | None = None
+        self.disc: Discriminator | None = None
+        self.target_desc: dict[str, Any] = {}
+        self.paused = False
+        self.seq = 0
+        self.recording: list[Image.Image] | None = None
+        self._acc_prev: tuple[float, int] | None = None
+        self.acceptance: float | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="ldam-session", daemon=True)
+        self._thread.start()
+
+    # ---- called from the server (any thread) ----
+    def submit(self, kind: str, payload: Any = None) -> None:
+        self.controls.put((kind, payload))
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ---- the worker ----
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        last = 0.0
+        while not self._stop.is_set():
+            self._apply_controls()
+            if self.sampler is None or self.paused:
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            wait = self.min_interval - (time.perf_counter() - last)
+            if wait > 0:
+                time.sleep(wait)
+            last = time.perf_counter()
+            try:
+                self.sampler.run(self.params.steps_per_frame)
+            except LdamError as e:
+                self.paused = True
+                self.publish({"type": "error", "message": f"{e} (paused: change the controls, then reset or resume)"})
+                continue
+            if self.sampler.t - self.sampler._act_base > 2 * TRACE_KEEP:
+                self.sampler.forget_trace(TRACE_KEEP)
+            self.publish(self.frame())
+
+    def _apply_controls(self) -> None:
+        while True:
+            try:
+                kind, payload = self.controls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._control(kind, payload)
+            except (LdamError, ValueError, KeyError, RuntimeError) as e:
+                self.publish({"type": "error", "message": str(e)})
+
+    def _control(self, kind: str, p: Any) -> None:
+        if kind == "start":
+            self._start(p)
+        elif kind == "set":
+            self._set(p)
+        elif kind == "pause":
+            self.paused = True
+            self.publish({"type": "paused", "paused": True})
+        elif kind == "resume":
+            self.paused = False
+            self.publish({"type": "paused", "paused": False})
+        elif kind == "reset":
+            if self.sampler is not None:
+                self.sampler.reset()
+                self.sampler.ema = self.sampler.x.clone()
+                self.publish(self.frame())
+        elif kind == "snapshot":
+            self._snapshot()
+        elif kind == "record":
+            self._record(bool(p))
+        elif kind == "call":
+            p()
+
+    def _start(self, p: dict[str, Any]) -> None:
+        entry = self.entries[p["model"]]
+        layer, unit = p["layer"], p["unit"]
+        if layer not in entry.layers:
+            raise KeyError(f"unknown layer {layer!r} of {entry.name}")
+        units = entry.layers[layer].units
+        if unit == "all":
+            if units > 20:
+                raise ValueError(f"'all units' is offered for layers of at most 20 units; {layer} has {units}")
+            targets = f"{layer}:0-{units - 1}"
+            n_targets = units
+        else:
+            if not 0 <= int(unit) < units:
+                raise ValueError(f"{layer} has {units} units (0-{units - 1}), got {unit}")
+            targets, n_targets = f"{layer}:{int(unit)}", 1
+        chains = max(1, min(int(p.get("chains") or 10), MAX_CHAINS // n_targets if n_targets > 1 else MAX_CHAINS))
+        if entry is not self.entry:
+            self.entry = entry
+            self.model = copy.deepcopy(entry.model)  # the hooks of one session never reach another's
+            self.disc = None
+        assert self.model is not None
+        regs: list[Any] = [Box.from_normalization(entry.info.mean, entry.info.std), L2(self.params.l2)]
+        if self.disc is not None:
+            self.disc.reset()
+            regs.append(self.disc)
+        self.sampler = Sampler(self.model, targets, entry.info.input_shape, chains=chains,
+                               step_size=self.params.step_size, temperature=self.params.temperature,
+                               regularizers=regs, method=self.params.method, burn_in=0, ema_tau=self.params.ema_tau,
+                               keep_samples=False, seed=int(p.get("seed") or 0))
+        self.sampler.ema = self.sampler.x.clone()
+        self._acc_prev, self.acceptance = None, None
+        self.target_desc = {"model": entry.name, "layer": layer, "unit": unit, "targets": targets, "chains": chains,
+                            "n_targets": n_targets}
+        self.publish({"type": "started", **self.target_desc})
+        self.paused = False
+        self.publish(self.frame())
+
+    def _ensure_disc(self) -> Discriminator:
+        if self.disc is None:
+            entry = self.entry
+            if entry is None or not entry.has_data:
+                raise LdamError("no real images for this model's discriminator: start the server where the "
+                                "model's dataset is available (LDAM_DATA_DIR)")
+            assert entry.train_images is not None
+            real = NormalizedImages(entry.train_images, entry.info.mean, entry.info.std)
+            mode = "mix" if self.params.method == "paper" else "density"
+            self.disc = Discriminator(real, weight=0.0, mode=mode, training=CriticTraining(every=10))
+            if self.sampler is not None:
+                self.disc.bind(self.sampler.input_shape, self.sampler.device, self.sampler.dtype)
+                self.sampler.energy.regularizers.append(self.disc)
+        return self.disc
+
+    def _set(self, p: dict[str, Any]) -> None:
+        s = self.sampler
+        for key, value in p.items():
+            if key == "disc_weight" and value > 0 and self.disc is None:
+                self._ensure_disc()
+            if key == "method":
+                if self.disc is not None:
+                    self.disc.mode = "mix" if value == "paper" else "density"
+                if s is not None:
+                    s.set_method(value)
+                    s.method.reset()
+                    self._acc_prev, self.acceptance = None, None
+            setattr(self.params, key, value)
+            if s is None:
+                continue
+            if key == "temperature":
+                s.temperature = value
+            elif key == "step_size":
+                s.step_size = value
+            elif key == "l2":
+                s.set_weight("l2", value)
+            elif key == "disc_weight" and self.disc is not None:
+                self.disc.weight = value
+            elif key == "ema_tau":
+                s.ema_tau = value
+
+    def _grid(self, x: torch.Tensor, ncol: int, zoom: int) -> Image.Image:
+        assert self.entry is not None
+        info = self.entry.info
+        display = self.params.display
+        norm = {"mean": info.mean, "std": info.std} if display == "pixel" else {}
+        if x.dim() == 4 and x.shape[1] in (1, 3):
+            return grid_array(display_array(x, display, **norm), ncol, zoom=zoom)
+        return grid([to_image(xi, display, **norm) for xi in x], ncol, zoom=zoom)
+
+    def frame(self) -> dict[str, Any]:
+        """The chains (their moving averages), the per-target means and the numbers, as a message."""
+        s = self.sampler
+        assert s is not None and self.entry is not None
+        shown = s.ema if s.ema is not None else s.x
+        n_t, chains = len(s.targets), s.chains
+        zoom = max(1, 56 // max(shown.shape[-1], 1)) if shown.dim() >= 3 else 1
+        per_target = shown.view(n_t, chains, *shown.shape[1:]).mean(1)
+        acts = s.activations[-1].view(n_t, chains) if s.t > s._act_base else torch.zeros(n_t, chains)
+        jitter = float((s.x - shown).pow(2).mean().sqrt()) if s.ema is not None else 0.0
+        stats: dict[str, Any] = {"activation": float(acts.mean()), "jitter": jitter}
+        if isinstance(s.method, MALA) and s.method._accepted is not None:
+            total, n = float(s.method._accepted.mean()), s.method._proposed
+            if self._acc_prev is not None and n > self._acc_prev[1]:
+                rate = (total - self._acc_prev[0]) / (n - self._acc_prev[1])
+                self.acceptance = rate if self.acceptance is None else 0.8 * self.acceptance + 0.2 * rate
+            self._acc_prev = (total, n)
+            stats["acceptance"] = self.acceptance
+        if self.disc is not None:
+            stats.update({k: v for k, v in self.disc.stats().items() if k in ("d_real", "d_fake")})
+        self.seq += 1
+        grid_im = self._grid(shown, chains if n_t > 1 else min(chains, 10), zoom)
+        means_im = self._grid(per_target, min(n_t, 10), max(2, 2 * zoom))
+        if self.recording is not None and len(self.recording) < GIF_FRAMES:
+            self.recording.append(grid_im.copy())
+        return {"type": "frame", "seq": self.seq, "t": s.t, "grid": png_b64(grid_im), "means": png_b64(means_im),
+                "target_activation": [float(a) for a in acts.mean(1)], "stats": stats,
+                "params": self.params.as_dict(), "paused": self.paused, "time": time.time()}
+
+    def _snapshot(self) -> None:
+        s = self.sampler
+        if s is None:
+            raise LdamError("nothing to snapshot yet: start a target first")
+        frame = self.frame()
+        config = {**s.config, **self.target_desc, "live_params": self.params.as_dict()}
+        self.publish({"type": "snapshot", "png": frame["grid"], "means": frame["means"],
+                      "config": _jsonable(config)})
+
+    def _record(self, on: bool) -> None:
+        if on:
+            self.recording = []
+            self.publish({"type": "recording", "on": True})
+            return
+        frames, self.recording = self.recording or [], None
+        if not frames:
+            self.publish({"type": "recording", "on": False})
+            return
+        buf = io.BytesIO()
+        pal = [f.convert("P", palette=Image.ADAPTIVE) if f.mode == "RGB" else f for f in frames]
+        pal[0].save(buf, format="GIF", save_all=True, append_images=pal[1:], duration=66, loop=0)
+        self.publish({"type": "gif", "data": base64.b64encode(buf.getvalue()).decode("ascii"), "frames": len(frames)})
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return repr(v)
+
+
+def activation_maps(entry: ModelEntry, layer: str, x: torch.Tensor, max_units: int = 512) -> dict[str, Any]:
+    """Every unit's activation map of ``layer`` for one input ``x`` ``[C, H, W]``, as one picture."""
+    if layer not in entry.layers:
+        raise KeyError(f"unknown layer {layer!r} of {entry.name}")
+    out = layer_output(entry.model, layer, x.unsqueeze(0))[0]  # [units, positions]
+    li = entry.layers[layer]
+    units = min(out.shape[0], max_units)
+    spatial = li.shape[1:] if len(li.shape) == 3 else (1, 1)
+    maps = out[:units].reshape(units, *spatial) if len(li.shape) == 3 else out[:units].reshape(units, 1, 1)
+    peak = float(maps.abs().max()) or 1.0
+    a = np.clip(np.rint(maps.double().numpy() / peak * 127 + 128), 0, 255).astype(np.uint8)
+    tile = max(1, 32 // max(spatial)) if max(spatial) < 32 else 1
+    ims = [Image.fromarray(m) for m in a]
+    cols = int(math.ceil(math.sqrt(units)))
+    pic = grid(ims, cols, zoom=max(tile, 1))
+    with torch.no_grad(), model_guard(entry.model):
+        logits = entry.model(x.unsqueeze(0))[0]
+    top = torch.topk(logits, min(5, logits.numel()))
+    names = entry.info.class_names
+    preds = [{"class": int(i), "name": names[int(i)] if names else str(int(i)), "logit": float(v)}
+             for v, i in zip(top.values, top.indices)]
+    th, tw = spatial[0] * max(tile, 1), spatial[1] * max(tile, 1)
+    return {"type": "activations", "layer": layer, "units": units, "total_units": int(out.shape[0]), "cols": cols,
+            "tile": [int(tw), int(th)], "pad": 2, "png": png_b64(pic), "predictions": preds,
+            "means": [float(v) for v in out[:units].mean(1)]}
+
+
+def top_images(entry: ModelEntry, layer: str, unit: int, k: int = 9) -> dict[str, Any]:
+    """The ``k`` test images that drive ``layer:unit`` most (spatial mean of its map)."""
+    if entry.test_images is None:
+        raise LdamError(f"no dataset is available for {entry.name}")
+    scores = entry.unit_scores(layer)
+    if not 0 <= unit < scores.shape[1]:
+        raise ValueError(f"{layer} has {scores.shape[1]} units, got {unit}")
+    top = torch.topk(scores[:, unit], k)
+    imgs = [to_image(entry.test_images[int(i)].float() / 255, "pixel") for i in top.indices]
+    return {"type": "top9", "layer": layer, "unit": unit, "png": png_b64(grid(imgs, 3, zoom=2)),
+            "scores": [float(v) for v in top.values]}

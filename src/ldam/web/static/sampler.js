@@ -1,0 +1,117 @@
+// The live sampler page: pick a target, watch the chains, turn the knobs while they run.
+"use strict";
+const SLIDERS = {
+  temperature: { lo: 1e-4, hi: 10, log: true, init: 0.02 },
+  step_size: { lo: 1e-5, hi: 1, log: true, init: 0.004 },
+  l2: { lo: 1e-4, hi: 10, log: true, init: 0.3, zeroAtMin: true },
+  disc_weight: { lo: 0, hi: 1, log: false, init: 0 },
+  ema_tau: { lo: 1, hi: 500, log: true, init: 20 },
+  steps_per_frame: { lo: 1, hi: 100, log: true, int: true, init: 1 },
+};
+const $ = (id) => document.getElementById(id);
+const state = { models: [], paused: false, recording: false, frames: 0, last: null, trace: [], started: null };
+window.ldam = state;  // for the tests and the curious
+
+function toValue(spec, s) {
+  if (spec.zeroAtMin && Number(s) === 0) return 0;
+  let v = spec.log ? spec.lo * Math.pow(spec.hi / spec.lo, s / 1000) : spec.lo + (spec.hi - spec.lo) * s / 1000;
+  return spec.int ? Math.round(v) : Number(v.toPrecision(3));
+}
+function toSlider(spec, v) {
+  if (spec.zeroAtMin && v === 0) return 0;
+  const f = spec.log ? Math.log(v / spec.lo) / Math.log(spec.hi / spec.lo) : (v - spec.lo) / (spec.hi - spec.lo);
+  return Math.round(1000 * Math.min(1, Math.max(0, f)));
+}
+function fmt(v) { return v === 0 ? "0" : (Math.abs(v) >= 0.01 && Math.abs(v) < 1000 ? String(Number(v.toPrecision(3))) : v.toExponential(1)); }
+
+const sock = openSocket(onMessage, (s) => { $("status").textContent = s; });
+
+function currentModel() { return state.models.find((m) => m.name === $("model").value); }
+function fillLayers(layer) {
+  const m = currentModel();
+  fillSelect($("layer"), m.layers.map((l) => [l.name, `${l.name}  [${l.shape.join("×")}]`]), layer || "output");
+  fillUnits();
+  $("disc_weight").disabled = !m.discriminator;
+  $("disc_weight").title = m.discriminator ? "" : "no real images for this model on the server";
+}
+function fillUnits(unit) {
+  const m = currentModel();
+  const l = m.layers.find((x) => x.name === $("layer").value);
+  const items = [];
+  if (l.units <= 20) items.push(["all", `all ${l.units} units (one group each)`]);
+  const names = l.name === "output" && m.classes ? m.classes : null;
+  for (let i = 0; i < Math.min(l.units, 2048); i++) items.push([String(i), names ? `${i}: ${names[i]}` : String(i)]);
+  fillSelect($("unit"), items, unit !== undefined ? unit : (l.units <= 20 ? "all" : "0"));
+}
+function start() {
+  const unit = $("unit").value === "all" ? "all" : Number($("unit").value);
+  state.trace = [];
+  sock.send({ type: "start", model: $("model").value, layer: $("layer").value, unit, chains: Number($("chains").value) || 10 });
+}
+function sendSet(key, value) { sock.send({ type: "set", [key]: value }); }
+
+function onMessage(msg) {
+  if (msg.type === "hello") {
+    state.models = msg.models;
+    fillSelect($("model"), msg.models.map((m) => [m.name, m.name]), params.get("model"));
+    fillLayers(params.get("layer"));
+    if (params.get("unit") !== null) fillUnits(params.get("unit"));
+    for (const [k, spec] of Object.entries(SLIDERS)) { $(k).value = toSlider(spec, spec.init); $(`${k}-value`).textContent = fmt(spec.init); }
+    start();
+  } else if (msg.type === "started") {
+    state.started = msg; showError("");
+    for (const id of ["pause", "reset", "snapshot", "record"]) $(id).disabled = false;
+  } else if (msg.type === "frame") {
+    state.frames += 1; state.last = msg;
+    $("grid").src = "data:image/png;base64," + msg.grid;
+    $("means").src = "data:image/png;base64," + msg.means;
+    state.trace.push(msg.stats.activation); if (state.trace.length > 600) state.trace.shift();
+    drawTrace(); showNumbers(msg);
+  } else if (msg.type === "paused") {
+    state.paused = msg.paused; $("pause").textContent = msg.paused ? "Resume" : "Pause";
+  } else if (msg.type === "snapshot") {
+    download(`ldam-${state.started ? state.started.targets.replace(/[^\w.-]+/g, "_") : "snapshot"}.png`, "data:image/png;base64," + msg.png);
+    const blob = new Blob([JSON.stringify(msg.config, null, 2)], { type: "application/json" });
+    download("ldam-config.json", URL.createObjectURL(blob));
+  } else if (msg.type === "recording") {
+    state.recording = msg.on; $("record").textContent = msg.on ? "Stop recording" : "Record GIF";
+  } else if (msg.type === "gif") {
+    state.recording = false; $("record").textContent = "Record GIF";
+    download("ldam-chains.gif", "data:image/gif;base64," + msg.data);
+  } else if (msg.type === "error") {
+    showError(msg.message);
+  }
+}
+function showNumbers(f) {
+  const s = f.stats, p = f.params;
+  const parts = [`step <b>${f.t}</b>`, `mean activation <b>${s.activation.toFixed(3)}</b>`, `jitter <b>${s.jitter.toFixed(3)}</b>`,
+    `T <b>${fmt(p.temperature)}</b>`, `ε <b>${fmt(p.step_size)}</b>`];
+  if (s.acceptance !== undefined && s.acceptance !== null) parts.push(`acceptance <b id="acceptance">${s.acceptance.toFixed(3)}</b>`);
+  if (s.d_real !== undefined) parts.push(`D(real) <b>${s.d_real.toFixed(2)}</b> D(fake) <b>${s.d_fake.toFixed(2)}</b>`);
+  $("numbers").innerHTML = parts.join(" · ");
+}
+function drawTrace() {
+  const c = $("trace"), g = c.getContext("2d"), d = state.trace;
+  g.clearRect(0, 0, c.width, c.height);
+  if (d.length < 2) return;
+  let lo = Math.min(...d), hi = Math.max(...d); if (hi - lo < 1e-9) { hi += 1; lo -= 1; }
+  g.strokeStyle = "#6cb6ff"; g.lineWidth = 1.5; g.beginPath();
+  d.forEach((v, i) => { const x = (i / (d.length - 1)) * (c.width - 10) + 5, y = c.height - 5 - ((v - lo) / (hi - lo)) * (c.height - 20);
+    i ? g.lineTo(x, y) : g.moveTo(x, y); });
+  g.stroke(); g.fillStyle = "#9aa0aa"; g.fillText(`mean activation  ${fmt(hi)} … ${fmt(lo)}`, 8, 12);
+}
+
+$("model").onchange = () => { fillLayers(); start(); };
+$("layer").onchange = () => { fillUnits(); start(); };
+$("unit").onchange = start;
+$("start").onclick = start;
+$("method").onchange = () => sendSet("method", $("method").value);
+$("display").onchange = () => sendSet("display", $("display").value);
+for (const [k, spec] of Object.entries(SLIDERS)) {
+  $(k).addEventListener("input", () => { const v = toValue(spec, Number($(k).value)); $(`${k}-value`).textContent = fmt(v); sendSet(k, v); });
+}
+$("pause").onclick = () => sock.send({ type: state.paused ? "resume" : "pause" });
+$("reset").onclick = () => { state.trace = []; sock.send({ type: "reset" }); };
+$("snapshot").onclick = () => sock.send({ type: "snapshot" });
+$("record").onclick = () => sock.send({ type: "record", on: !state.recording });
+$("to-activations").href = withToken("activations");
