@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
 import io
 import ipaddress
 import secrets
@@ -104,8 +105,15 @@ def _input(msg: Activations, entry: ModelEntry) -> torch.Tensor:
 def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) -> FastAPI:
     """The ASGI app serving ``entries`` (the only models a browser can choose)."""
     cfg = cfg or ServerConfig()
-    app = FastAPI(title="ldam", docs_url=None, redoc_url=None, openapi_url=None)
     sessions: set[LiveSession] = set()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        yield
+        for s in list(sessions):  # the server is stopping: stop every worker
+            s.stop(timeout=2)
+
+    app = FastAPI(title="ldam", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     lock = threading.Lock()
     app.state.sessions = sessions
     app.state.config = cfg
@@ -142,11 +150,6 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
         return Response(status_code=204)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.on_event("shutdown")
-    async def stop_all() -> None:
-        for s in list(sessions):
-            s.stop(timeout=2)
 
     @app.websocket("/ws")
     async def socket(ws: WebSocket) -> None:
@@ -216,9 +219,10 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
             pass
         finally:
             send_task.cancel()
-            await asyncio.to_thread(session.stop)
+            session.stop(timeout=0)  # signal at once: this task may itself be cancelled below
             with lock:
                 sessions.discard(session)
+            await asyncio.to_thread(session.stop)
 
     return app
 

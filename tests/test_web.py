@@ -1,0 +1,236 @@
+"""The web server's protocol without a browser: sessions, controls, validation, limits, security."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ldam.cli import main  # noqa: E402
+from ldam.web.server import ServerConfig, create_app  # noqa: E402
+from ldam.web.session import ModelEntry  # noqa: E402
+
+MODEL = "zoo:lenet-mnist"
+
+
+@pytest.fixture(scope="module")
+def entries():
+    return {MODEL: ModelEntry.load(MODEL, with_data=False)}
+
+
+def client(entries, **cfg) -> TestClient:
+    return TestClient(create_app(entries, ServerConfig(**cfg)))
+
+
+def receive(ws, kind: str, limit: int = 500) -> dict:
+    """The next message of type ``kind`` (frames and others in between are skipped)."""
+    for _ in range(limit):
+        msg = ws.receive_json()
+        if msg["type"] == kind:
+            return msg
+    raise AssertionError(f"no {kind!r} message")
+
+
+def start(ws, unit="all", layer="output", chains=10) -> dict:
+    ws.send_json({"type": "start", "model": MODEL, "layer": layer, "unit": unit, "chains": chains})
+    return receive(ws, "started")
+
+
+def decode(b64: str) -> Image.Image:
+    im = Image.open(io.BytesIO(base64.b64decode(b64)))
+    im.load()
+    return im
+
+
+def png_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_session_streams_frames_of_the_right_layout(entries):
+    with client(entries) as c, c.websocket_connect("/ws") as ws:
+        hello = receive(ws, "hello")
+        assert hello["models"][0]["name"] == MODEL
+        started = start(ws)
+        assert started["targets"] == "output:0-9" and started["chains"] == 10
+        frames = [receive(ws, "frame") for _ in range(3)]
+        assert frames[-1]["t"] > frames[0]["t"]
+        grid = decode(frames[-1]["grid"])
+        # 10 rows of 10 tiles, 28 px zoomed 2x with a 2 px gutter (ldam.render.grid's layout)
+        assert grid.size == (2 + 10 * (56 + 2), 2 + 10 * (56 + 2))
+        assert len(frames[-1]["target_activation"]) == 10
+
+
+def test_controls_reach_the_server_side_sampler(entries):
+    app = create_app(entries, ServerConfig())
+    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+        receive(ws, "hello")
+        start(ws)
+        ws.send_json({"type": "set", "temperature": 0.5, "step_size": 0.002, "l2": 1.5, "ema_tau": 3,
+                      "method": "mala", "steps_per_frame": 2})
+        for _ in range(200):
+            f = receive(ws, "frame")
+            if f["params"]["temperature"] == 0.5:
+                break
+        (session,) = app.state.sessions
+        s = session.sampler
+        assert s.temperature == 0.5 and s.step_size == 0.002 and s.ema_tau == 3
+        assert s.method.name == "mala" and [r.weight for r in s.regularizers if r.name == "l2"] == [1.5]
+        f = receive(ws, "frame")
+        assert f["params"]["steps_per_frame"] == 2 and "acceptance" in f["stats"]
+
+
+def test_malformed_messages_get_an_error_and_the_session_lives_on(entries):
+    with client(entries) as c, c.websocket_connect("/ws") as ws:
+        receive(ws, "hello")
+        bad = [
+            ("{not json", "malformed JSON"),
+            ("[1, 2]", "JSON object"),
+            (json.dumps({"type": "explode"}), "unknown message type 'explode'"),
+            (json.dumps({"type": "set", "temperature": 1e9}), "temperature"),
+            (json.dumps({"type": "set", "temperature": "hot"}), "temperature"),
+            (json.dumps({"type": "set", "method": "adam"}), "method"),
+            (json.dumps({"type": "set", "l2": -1}), "l2"),
+            (json.dumps({"type": "set", "bogus": 1}), "bogus"),
+            (json.dumps({"type": "start", "model": "/etc/passwd", "layer": "output", "unit": 1}), "unknown model"),
+            (json.dumps({"type": "start", "model": MODEL, "layer": "fc9", "unit": 1}), "unknown layer"),
+            (json.dumps({"type": "start", "model": MODEL, "layer": "output", "unit": 12}), "10 units"),
+            (json.dumps({"type": "start", "model": MODEL, "layer": "output", "unit": 1, "chains": 1000}), "chains"),
+            (json.dumps({"type": "set", "temperature": 0.1, "x": "y" * 70_000}), "too large"),
+        ]
+        for text, reason in bad:
+            ws.send_text(text)
+            err = receive(ws, "error")
+            assert reason in err["message"], (text[:60], err)
+        ws.send_bytes(b"\x00\x01")
+        assert "JSON text" in receive(ws, "error")["message"]
+        assert start(ws, unit=3)["targets"] == "output:3"  # still alive
+        receive(ws, "frame")
+        assert receive(ws, "frame")["t"] >= 1
+
+
+def test_uploads_are_capped_and_decoded_safely(entries):
+    with client(entries) as c, c.websocket_connect("/ws") as ws:
+        receive(ws, "hello")
+
+        def send(data: str):
+            ws.send_json({"type": "activations", "model": MODEL, "layer": "conv1",
+                          "input": {"kind": "upload", "data": data}})
+
+        send(base64.b64encode(b"x" * (2 * 1024 * 1024 + 10)).decode())
+        assert "at most 2796210 characters" in receive(ws, "error")["message"]
+        send(base64.b64encode(b"GIF89a this is not an image").decode())
+        assert "not a readable image" in receive(ws, "error")["message"]
+        send("%%%not base64%%%")
+        assert "base64" in receive(ws, "error")["message"]
+        send(base64.b64encode(png_bytes()).decode())
+        maps = receive(ws, "activations")
+        assert maps["units"] == 6 and maps["layer"] == "conv1"
+        im = decode(maps["png"])
+        cols, (tw, th), pad = maps["cols"], maps["tile"], maps["pad"]
+        assert im.size == (pad + cols * (tw + pad), pad + -(-6 // cols) * (th + pad))
+
+
+def test_activation_maps_match_the_layer_output(entries):
+    """The map of each conv1 unit is that unit's output for the uploaded image (signed display)."""
+    entry = entries[MODEL]
+    with client(entries) as c, c.websocket_connect("/ws") as ws:
+        receive(ws, "hello")
+        raw = png_bytes((28, 28), (255, 255, 255))
+        ws.send_json({"type": "activations", "model": MODEL, "layer": "conv1",
+                      "input": {"kind": "upload", "data": base64.b64encode(raw).decode()}})
+        maps = receive(ws, "activations")
+    x = entry.info.preprocess(torch.ones(1, 28, 28))
+    with torch.no_grad():
+        ref = entry.model.conv1(x.unsqueeze(0))[0]
+    assert np.allclose(maps["means"], ref.flatten(1).mean(1).numpy(), atol=1e-4)
+
+
+def test_a_client_that_disconnects_mid_stream_stops_its_worker(entries):
+    app = create_app(entries, ServerConfig())
+    with TestClient(app) as c:
+        with c.websocket_connect("/ws") as ws:
+            receive(ws, "hello")
+            start(ws)
+            receive(ws, "frame")
+            (session,) = app.state.sessions
+        deadline = time.time() + 10
+        while (app.state.sessions or session.alive) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not app.state.sessions and not session.alive
+        with c.websocket_connect("/ws") as ws:  # the server carries on
+            receive(ws, "hello")
+
+
+def test_session_limit_and_token(entries):
+    with client(entries, max_sessions=1) as c, c.websocket_connect("/ws") as first:
+        receive(first, "hello")
+        with c.websocket_connect("/ws") as second:
+            err = second.receive_json()
+            assert err["type"] == "error" and "limit of 1 sessions" in err["message"]
+    with client(entries, token="s3cret") as c:
+        assert c.get("/api/health").status_code == 401
+        assert c.get("/api/health?token=wrong").status_code == 401
+        assert c.get("/api/health?token=s3cret").json()["ok"]
+        with pytest.raises(Exception):
+            with c.websocket_connect("/ws") as ws:
+                ws.receive_json()
+        with c.websocket_connect("/ws?token=s3cret") as ws:
+            assert receive(ws, "hello")
+
+
+def test_cross_origin_sockets_are_refused(entries):
+    with client(entries) as c:
+        with pytest.raises(Exception):
+            with c.websocket_connect("/ws", headers={"origin": "http://evil.example"}) as ws:
+                ws.receive_json()
+
+
+def test_snapshot_and_gif_recording(entries):
+    with client(entries) as c, c.websocket_connect("/ws") as ws:
+        receive(ws, "hello")
+        start(ws, unit=4, chains=3)
+        ws.send_json({"type": "record", "on": True})
+        receive(ws, "recording")
+        for _ in range(3):
+            receive(ws, "frame")
+        ws.send_json({"type": "record", "on": False})
+        gif = receive(ws, "gif")
+        with Image.open(io.BytesIO(base64.b64decode(gif["data"]))) as im:
+            assert im.format == "GIF" and im.n_frames == gif["frames"] >= 3
+        ws.send_json({"type": "snapshot"})
+        snap = receive(ws, "snapshot")
+        assert decode(snap["png"]).format == "PNG"
+        assert snap["config"]["targets"] == ["output:4"] or snap["config"]["targets"] == "output:4"
+        assert snap["config"]["live_params"]["temperature"] == 0.02
+
+
+def test_pause_stops_frames(entries):
+    app = create_app(entries, ServerConfig())
+    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+        receive(ws, "hello")
+        start(ws)
+        receive(ws, "frame")
+        ws.send_json({"type": "pause"})
+        receive(ws, "paused")
+        (session,) = app.state.sessions
+        t = session.sampler.t
+        time.sleep(0.5)
+        assert session.sampler.t == t
+        ws.send_json({"type": "resume"})
+        assert any(receive(ws, "frame")["t"] > t for _ in range(50))
+
+
+def test_serve_refuses_other_interfaces_without_the_flag(capsys):
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
