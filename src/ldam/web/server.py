@@ -116,6 +116,7 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
     app = FastAPI(title="ldam", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     lock = threading.Lock()
     app.state.sessions = sessions
+    app.state.entries = entries
     app.state.config = cfg
 
     def authorized(token: str | None) -> bool:
@@ -258,8 +259,48 @@ def serve(models: list[str], cfg: ServerConfig, with_data: bool = True) -> None:
                 ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20)
 
 
-__all__ = ["create_app", "serve", "ServerConfig", "is_loopback", "DEFAULT_PORT"]
-
-
 def new_token() -> str:
     return secrets.token_urlsafe(18)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BackgroundServer:
+    """Serve ``app`` with uvicorn in a thread of this process (tests, benchmarks, screenshots).
+
+    ``with BackgroundServer(app) as srv: ... srv.url ...``
+    """
+
+    def __init__(self, app: FastAPI, port: int | None = None):
+        import uvicorn
+
+        self.app = app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    ws_max_size=MAX_UPLOAD * 2))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "BackgroundServer":
+        import time
+
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the test server did not start on port {self.port}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+__all__ = ["create_app", "serve", "ServerConfig", "BackgroundServer", "is_loopback", "DEFAULT_PORT"]
