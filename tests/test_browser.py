@@ -97,7 +97,7 @@ def test_page_loads_and_frames_arrive(page, server):
     wait_frames(page, 10)
     last = page.evaluate("window.ldam.last")
     assert last["t"] >= 9 and len(last["target_activation"]) == 10
-    assert page.evaluate("document.getElementById('grid').naturalWidth") == 2 + 10 * 58
+    assert page.evaluate("document.getElementById('grid').naturalWidth") == 2 + 10 * 30  # 28 px tiles, 2 px gutters
 
 
 def test_temperature_slider_reaches_the_sampler_and_the_chains_respond(page, server):

@@ -66,8 +66,8 @@ def test_a_session_streams_frames_of_the_right_layout(entries):
         frames = [receive(ws, "frame") for _ in range(3)]
         assert frames[-1]["t"] > frames[0]["t"]
         grid = decode(frames[-1]["grid"])
-        # 10 rows of 10 tiles, 28 px zoomed 2x with a 2 px gutter (ldam.render.grid's layout)
-        assert grid.size == (2 + 10 * (56 + 2), 2 + 10 * (56 + 2))
+        # 10 rows of 10 tiles of 28 px with a 2 px gutter (ldam.render.grid's layout)
+        assert grid.size == (2 + 10 * (28 + 2), 2 + 10 * (28 + 2))
         assert len(frames[-1]["target_activation"]) == 10
 
 

@@ -33,6 +33,13 @@ from ..samplers import MALA
 from ..targets import probe_layers
 from ..zoo import ModelInfo
 
+#: Starting knobs per dataset (those of the CLI and the reproductions in experiments/).
+DEFAULTS: dict[str, dict[str, float]] = {
+    "mnist": {"temperature": 0.02, "step_size": 0.004, "l2": 0.3, "chains": 10},
+    "cifar10": {"temperature": 1e-3, "step_size": 2e-3, "l2": 0.05, "chains": 6},
+    "imagenet": {"temperature": 5e-4, "step_size": 2e-3, "l2": 0.02, "chains": 2},
+}
+
 #: Ranges of the live controls: (low, high, log-scaled).
 RANGES: dict[str, tuple[float, float, bool]] = {
     "temperature": (1e-4, 10.0, True),
@@ -126,6 +133,7 @@ class ModelEntry:
             "discriminator": self.has_data,
             "dataset_examples": 0 if self.test_images is None else len(self.test_images),
             "photos": self.info.dataset == "imagenet",
+            "defaults": DEFAULTS.get(self.info.dataset or "", DEFAULTS["mnist"]),
         }
 
     def preprocess_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -372,7 +380,7 @@ class LiveSession:
         assert s is not None and self.entry is not None
         shown = s.ema if s.ema is not None else s.x
         n_t, chains = len(s.targets), s.chains
-        zoom = max(1, 56 // max(shown.shape[-1], 1)) if shown.dim() >= 3 else 1
+        zoom = 1  # the browser enlarges the pictures (pixelated): 4x fewer pixels to encode and send
         per_target = shown.view(n_t, chains, *shown.shape[1:]).mean(1)
         acts = s.activations[-1].view(n_t, chains) if s.t > s._act_base else torch.zeros(n_t, chains)
         jitter = float((s.x - shown).pow(2).mean().sqrt()) if s.ema is not None else 0.0
@@ -388,7 +396,7 @@ class LiveSession:
             stats.update({k: v for k, v in self.disc.stats().items() if k in ("d_real", "d_fake")})
         self.seq += 1
         grid_im = self._grid(shown, chains if n_t > 1 else min(chains, 10), zoom)
-        means_im = self._grid(per_target, min(n_t, 10), max(2, 2 * zoom))
+        means_im = self._grid(per_target, min(n_t, 10), 1)
         if self.recording is not None and len(self.recording) < GIF_FRAMES:
             self.recording.append(grid_im.copy())
         return {"type": "frame", "seq": self.seq, "t": s.t, "grid": png_b64(grid_im), "means": png_b64(means_im),

@@ -49,6 +49,17 @@ function start() {
   sock.send({ type: "start", model: $("model").value, layer: $("layer").value, unit, chains: Number($("chains").value) || 10 });
 }
 function sendSet(key, value) { sock.send({ type: "set", [key]: value }); }
+function applyDefaults() {
+  const d = currentModel().defaults || {};
+  const changes = {};
+  for (const [k, spec] of Object.entries(SLIDERS)) {
+    const v = d[k] !== undefined ? d[k] : spec.init;
+    $(k).value = toSlider(spec, v); $(`${k}-value`).textContent = fmt(v);
+    if (k !== "steps_per_frame" && k !== "disc_weight") changes[k] = v;
+  }
+  if (d.chains) $("chains").value = d.chains;
+  sock.send({ type: "set", ...changes });
+}
 
 function onMessage(msg) {
   if (msg.type === "hello") {
@@ -56,7 +67,7 @@ function onMessage(msg) {
     fillSelect($("model"), msg.models.map((m) => [m.name, m.name]), params.get("model"));
     fillLayers(params.get("layer"));
     if (params.get("unit") !== null) fillUnits(params.get("unit"));
-    for (const [k, spec] of Object.entries(SLIDERS)) { $(k).value = toSlider(spec, spec.init); $(`${k}-value`).textContent = fmt(spec.init); }
+    applyDefaults();
     start();
   } else if (msg.type === "started") {
     state.started = msg; showError("");
@@ -101,7 +112,7 @@ function drawTrace() {
   g.stroke(); g.fillStyle = "#9aa0aa"; g.fillText(`mean activation  ${fmt(hi)} … ${fmt(lo)}`, 8, 12);
 }
 
-$("model").onchange = () => { fillLayers(); start(); };
+$("model").onchange = () => { fillLayers(); applyDefaults(); start(); };
 $("layer").onchange = () => { fillUnits(); start(); };
 $("unit").onchange = start;
 $("start").onclick = start;
@@ -115,3 +126,6 @@ $("reset").onclick = () => { state.trace = []; sock.send({ type: "reset" }); };
 $("snapshot").onclick = () => sock.send({ type: "snapshot" });
 $("record").onclick = () => sock.send({ type: "record", on: !state.recording });
 $("to-activations").href = withToken("activations");
+// Frames come at 1 pixel per input pixel; show them enlarged, without smoothing.
+function enlarge(img, room) { img.onload = () => { const k = Math.max(1, Math.floor(room / img.naturalWidth)); img.style.width = `${img.naturalWidth * k}px`; }; }
+enlarge($("grid"), 600); enlarge($("means"), 900);
