@@ -234,3 +234,34 @@ def test_pause_stops_frames(entries):
 def test_serve_refuses_other_interfaces_without_the_flag(capsys):
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_ldam_serve_prints_its_url_serves_and_stops_on_ctrl_c():
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from ldam.web.server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ldam.cli", "serve", "--no-data", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line
+        deadline = time.time() + 30
+        while True:
+            try:
+                health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).read())
+                break
+            except OSError:
+                assert time.time() < deadline, "the server did not answer"
+                time.sleep(0.1)
+        assert health["ok"] and health["sessions"] == 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
