@@ -265,3 +265,24 @@ def test_ldam_serve_prints_its_url_serves_and_stops_on_ctrl_c():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_discriminator_slider_adds_an_online_critic_that_follows_the_method(entries):
+    base = entries[MODEL]
+    g = torch.Generator().manual_seed(0)
+    entry = ModelEntry(base.name, base.model, base.info, base.layers,
+                       train_images=torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8, generator=g))
+    app = create_app({MODEL: entry}, ServerConfig())
+    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+        assert receive(ws, "hello")["models"][0]["discriminator"] is True
+        start(ws)
+        ws.send_json({"type": "set", "disc_weight": 0.5, "method": "paper"})
+        frame = next(f for f in (receive(ws, "frame") for _ in range(400)) if "d_real" in f["stats"])
+        assert 0 <= frame["stats"]["d_real"] <= 1
+        (session,) = app.state.sessions
+        disc = session.disc
+        assert disc.weight == 0.5 and disc.mode == "mix" and session.sampler.method.name == "paper"
+        assert disc in session.sampler.regularizers and disc.updates >= 1
+        ws.send_json({"type": "set", "method": "mala"})
+        assert any(receive(ws, "frame")["params"]["method"] == "mala" for _ in range(200))
+        assert disc.mode == "density" and session.sampler.method.name == "mala"

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .session import METHODS
+from .session import METHODS, RANGES
 
 MAX_MESSAGE = 64 * 1024  # bytes, for everything but uploads
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes of the encoded image, before base64
@@ -34,15 +34,22 @@ class Start(_Msg):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
 
 
+def _knob(name: str, kind: type = float) -> Any:
+    lo, hi, _ = RANGES[name]
+    if kind is int:
+        return Annotated[int, Field(ge=int(lo), le=int(hi))]
+    return Annotated[float, Field(ge=lo, le=hi, allow_inf_nan=False)]
+
+
 class Set(_Msg):
     type: Literal["set"]
-    temperature: Annotated[float, Field(ge=1e-4, le=10.0, allow_inf_nan=False)] | None = None
-    step_size: Annotated[float, Field(ge=1e-5, le=1.0, allow_inf_nan=False)] | None = None
-    l2: Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)] | None = None
-    disc_weight: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None = None
-    ema_tau: Annotated[float, Field(ge=1.0, le=500.0, allow_inf_nan=False)] | None = None
+    temperature: _knob("temperature") | None = None  # type: ignore[valid-type]
+    step_size: _knob("step_size") | None = None  # type: ignore[valid-type]
+    l2: _knob("l2") | None = None  # type: ignore[valid-type]
+    disc_weight: _knob("disc_weight") | None = None  # type: ignore[valid-type]
+    ema_tau: _knob("ema_tau") | None = None  # type: ignore[valid-type]
     method: Literal[METHODS] | None = None  # type: ignore[valid-type]
-    steps_per_frame: Annotated[int, Field(ge=1, le=100)] | None = None
+    steps_per_frame: _knob("steps_per_frame", int) | None = None  # type: ignore[valid-type]
     display: Literal["signed", "pixel"] | None = None
 
     def changes(self) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class ModelEntry:
     train_images: torch.Tensor | None = None  # uint8, for the critic
     test_images: torch.Tensor | None = None  # uint8, for the activations page
     test_labels: torch.Tensor | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # the shared model's hooks
     _top_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -284,8 +284,6 @@ class LiveSession:
             self._snapshot()
         elif kind == "record":
             self._record(bool(p))
-        elif kind == "call":
-            p()
 
     def _start(self, p: dict[str, Any]) -> None:
         entry = self.entries[p["model"]]
@@ -443,7 +441,10 @@ def activation_maps(entry: ModelEntry, layer: str, x: torch.Tensor, max_units: i
     """Every unit's activation map of ``layer`` for one input ``x`` ``[C, H, W]``, as one picture."""
     if layer not in entry.layers:
         raise KeyError(f"unknown layer {layer!r} of {entry.name}")
-    out = layer_output(entry.model, layer, x.unsqueeze(0))[0]  # [units, positions]
+    with entry._lock:
+        out = layer_output(entry.model, layer, x.unsqueeze(0))[0]  # [units, positions]
+        with torch.no_grad(), model_guard(entry.model):
+            logits = entry.model(x.unsqueeze(0))[0]
     li = entry.layers[layer]
     units = min(out.shape[0], max_units)
     spatial = li.shape[1:] if len(li.shape) == 3 else (1, 1)
@@ -454,8 +455,6 @@ def activation_maps(entry: ModelEntry, layer: str, x: torch.Tensor, max_units: i
     ims = [Image.fromarray(m) for m in a]
     cols = int(math.ceil(math.sqrt(units)))
     pic = grid(ims, cols, zoom=max(tile, 1))
-    with torch.no_grad(), model_guard(entry.model):
-        logits = entry.model(x.unsqueeze(0))[0]
     top = torch.topk(logits, min(5, logits.numel()))
     names = entry.info.class_names
     preds = [{"class": int(i), "name": names[int(i)] if names else str(int(i)), "logit": float(v)}
