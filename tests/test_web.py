@@ -286,3 +286,23 @@ def test_the_discriminator_slider_adds_an_online_critic_that_follows_the_method(
         ws.send_json({"type": "set", "method": "mala"})
         assert any(receive(ws, "frame")["params"]["method"] == "mala" for _ in range(200))
         assert disc.mode == "density" and session.sampler.method.name == "mala"
+
+
+def test_top9_are_the_test_images_that_drive_the_unit_most(entries):
+    base = entries[MODEL]
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8, generator=g)
+    entry = ModelEntry(base.name, base.model, base.info, base.layers, test_images=images,
+                       test_labels=torch.zeros(50, dtype=torch.long))
+    with client({MODEL: entry}) as c, c.websocket_connect("/ws") as ws:
+        receive(ws, "hello")
+        ws.send_json({"type": "top9", "model": MODEL, "layer": "conv1", "unit": 2})
+        top = receive(ws, "top9")
+        ws.send_json({"type": "activations", "model": MODEL, "layer": "fc3",
+                      "input": {"kind": "dataset", "index": 60}})
+        assert "out of range" in receive(ws, "error")["message"]
+    x = base.info.preprocess(images.float() / 255)
+    with torch.no_grad():
+        ref = base.model.conv1(x)[:, 2].flatten(1).mean(1)
+    assert np.allclose(top["scores"], torch.sort(ref, descending=True).values[:9].numpy(), atol=1e-5)
+    assert decode(top["png"]).size == (2 + 3 * 58, 2 + 3 * 58)

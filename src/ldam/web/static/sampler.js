@@ -72,6 +72,12 @@ function onMessage(msg) {
   } else if (msg.type === "started") {
     state.started = msg; showError("");
     for (const id of ["pause", "reset", "snapshot", "record"]) $(id).disabled = false;
+    const m = currentModel();
+    $("top9-box").hidden = true;
+    if (msg.unit !== "all" && m && m.dataset_examples) sock.send({ type: "top9", model: msg.model, layer: msg.layer, unit: Number(msg.unit) });
+  } else if (msg.type === "top9") {
+    $("top9").src = "data:image/png;base64," + msg.png; $("top9-box").hidden = false;
+    $("top9-caption").textContent = `Top-9 test images of ${msg.layer}:${msg.unit}, beside its samples`;
   } else if (msg.type === "frame") {
     state.frames += 1; state.last = msg;
     $("grid").src = "data:image/png;base64," + msg.grid;
