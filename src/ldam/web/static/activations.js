@@ -73,3 +73,8 @@ $("file").onchange = () => {
   reader.readAsDataURL(f);
 };
 $("to-sampler").href = withToken("./");
+// Maps and images come at 1:1; show them enlarged, without smoothing.
+for (const [id, room] of [["maps", 640], ["top9", 260]]) {
+  const img = $(id);
+  img.onload = () => { const k = Math.max(1, Math.floor(room / img.naturalWidth)); img.style.width = `${img.naturalWidth * k}px`; };
+}
