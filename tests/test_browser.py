@@ -182,7 +182,7 @@ def test_activations_page_shows_maps_for_an_uploaded_image(page, server, tmp_pat
     with torch.no_grad():
         ref = entry.model.conv1(entry.info.preprocess(pix).unsqueeze(0))[0].flatten(1).mean(1)
     assert torch.allclose(torch.tensor(maps["means"]), ref, atol=1e-3)
-    page.click("#maps", position={"x": 5, "y": 5})
+    page.click("#maps", position={"x": 20, "y": 20})  # inside unit 0 (the picture is shown enlarged)
     page.wait_for_selector("#open-unit:not([hidden])")
     assert "unit=0" in page.get_attribute("#open-unit", "href")
 
