@@ -233,3 +233,20 @@ def test_default_critics_mirror_the_papers():
     assert len([m for m in cifar.modules() if isinstance(m, torch.nn.Conv2d)]) == 3
     assert len([m for m in cifar.modules() if isinstance(m, torch.nn.Linear)]) == 2
     assert make_critic((3, 32, 32))(torch.zeros(2, 3, 32, 32)).shape == (2,)
+
+
+@pytest.mark.filterwarnings("ignore::ldam.CriticWarning")
+def test_the_r1_gradient_penalty_flattens_the_critic_on_real_images():
+    """R1 = (γ/2)·E‖∇_x c(x_real)‖²: with γ > 0 the critic's input gradient on real data shrinks."""
+    real, fake = blob(MU_REAL, 2000, 0), blob(MU_FAKE, 2000, 1)
+    norms = {}
+    for gamma in (0.0, 10.0):
+        training = ldam.CriticTraining(every=1, lr=3e-3, optimizer="adam", batch_size=128, label_smoothing=0.0,
+                                       gradient_penalty=gamma)
+        disc = ldam.Discriminator(real, training=training, seed=0)
+        disc.fit(fake, steps=200)
+        probe = blob(MU_REAL, 500, 5).requires_grad_(True)
+        (g,) = torch.autograd.grad(disc.logits(probe).sum(), probe)
+        norms[gamma] = float(g.norm(dim=1).mean())
+        assert float((disc.prob_real(blob(MU_REAL, 500, 6)) > 0.5).float().mean()) > 0.95  # still a good critic
+    assert norms[10.0] < 0.5 * norms[0.0], norms
