@@ -306,3 +306,26 @@ def test_top9_are_the_test_images_that_drive_the_unit_most(entries):
         ref = base.model.conv1(x)[:, 2].flatten(1).mean(1)
     assert np.allclose(top["scores"], torch.sort(ref, descending=True).values[:9].numpy(), atol=1e-5)
     assert decode(top["png"]).size == (2 + 3 * 58, 2 + 3 * 58)
+
+
+def test_a_failing_step_pauses_the_session_with_the_reason_and_it_recovers(entries):
+    app = create_app(entries, ServerConfig())
+    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+        receive(ws, "hello")
+        start(ws, unit=2, chains=4)
+        receive(ws, "frame")
+        (session,) = app.state.sessions
+        sampler = session.sampler
+        real_run = sampler.run
+
+        def broken(steps=1):  # one step fails the way a bad model would
+            sampler.run = real_run
+            raise RuntimeError("boom inside forward")
+
+        sampler.run = broken
+        err = receive(ws, "error")
+        assert "RuntimeError: boom inside forward" in err["message"] and "paused" in err["message"]
+        assert session.alive and session.paused
+        ws.send_json({"type": "resume"})
+        frames = [receive(ws, "frame") for _ in range(3)]
+        assert not frames[-1]["paused"] and frames[-1]["t"] > frames[0]["t"]

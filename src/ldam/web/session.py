@@ -245,13 +245,13 @@ class LiveSession:
             last = time.perf_counter()
             try:
                 self.sampler.run(self.params.steps_per_frame)
-            except LdamError as e:
+                if self.sampler.t - self.sampler._act_base > 2 * TRACE_KEEP:
+                    self.sampler.forget_trace(TRACE_KEEP)
+                self.publish(self.frame())
+            except Exception as e:  # noqa: BLE001 - the worker must outlive any one bad step
                 self.paused = True
-                self.publish({"type": "error", "message": f"{e} (paused: change the controls, then reset or resume)"})
-                continue
-            if self.sampler.t - self.sampler._act_base > 2 * TRACE_KEEP:
-                self.sampler.forget_trace(TRACE_KEEP)
-            self.publish(self.frame())
+                reason = str(e) if isinstance(e, LdamError) else f"{type(e).__name__}: {e}"
+                self.publish({"type": "error", "message": f"{reason} (paused: change the controls, then reset or resume)"})
 
     def _apply_controls(self) -> None:
         while True:
@@ -261,8 +261,10 @@ class LiveSession:
                 return
             try:
                 self._control(kind, payload)
-            except (LdamError, ValueError, KeyError, RuntimeError) as e:
-                self.publish({"type": "error", "message": str(e)})
+            except (LdamError, ValueError, KeyError) as e:
+                self.publish({"type": "error", "message": str(e).strip("'\"")})
+            except Exception as e:  # noqa: BLE001 - a control that fails must not end the session
+                self.publish({"type": "error", "message": f"{type(e).__name__}: {e}"})
 
     def _control(self, kind: str, p: Any) -> None:
         if kind == "start":
