@@ -329,3 +329,19 @@ def test_a_failing_step_pauses_the_session_with_the_reason_and_it_recovers(entri
         ws.send_json({"type": "resume"})
         frames = [receive(ws, "frame") for _ in range(3)]
         assert not frames[-1]["paused"] and frames[-1]["t"] > frames[0]["t"]
+
+
+def test_your_own_module_can_be_served():
+    from models import SmallConvNet
+
+    model = SmallConvNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    entry = ModelEntry.from_model("mine", model, (1, 12, 12), class_names=list("abcde"))
+    app = create_app({"mine": entry}, ServerConfig())
+    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+        hello = receive(ws, "hello")
+        assert hello["models"][0]["classes"] == list("abcde") and hello["models"][0]["all_outputs"]
+        ws.send_json({"type": "start", "model": "mine", "layer": "conv2", "unit": 4, "chains": 3})
+        assert receive(ws, "started")["targets"] == "conv2:4"
+        assert decode(receive(ws, "frame")["grid"]).size == (2 + 3 * 14, 2 + 14)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

@@ -247,11 +247,15 @@ async def _dispatch(msg: Any, session: LiveSession, entries: dict[str, ModelEntr
         publish(await asyncio.to_thread(top_images, entries[msg.model], msg.layer, msg.unit))
 
 
-def serve(models: list[str], cfg: ServerConfig, with_data: bool = True) -> None:
-    """Load ``models`` and serve until Ctrl-C."""
+def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = None, with_data: bool = True) -> None:
+    """Serve ``models`` (``zoo:NAME``/checkpoint specs, or ready :class:`ModelEntry` values) until Ctrl-C."""
     import uvicorn
 
-    entries = {spec: ModelEntry.load(spec, with_data=with_data) for spec in models}
+    cfg = cfg or ServerConfig()
+    if isinstance(models, dict):
+        entries = dict(models)
+    else:
+        entries = {spec: ModelEntry.load(spec, with_data=with_data) for spec in models}
     app = create_app(entries, cfg)
     token = f"?token={cfg.token}" if cfg.token else ""
     print(f"ldam serve: {', '.join(entries)} on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)", flush=True)

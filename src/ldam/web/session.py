@@ -91,6 +91,19 @@ class ModelEntry:
     _top_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
+    def from_model(cls, name: str, model: torch.nn.Module, input_shape: tuple[int, ...], *,
+                   class_names: list[str] | None = None, mean: tuple[float, ...] = (0.0,),
+                   std: tuple[float, ...] = (1.0,), dataset: str | None = None) -> "ModelEntry":
+        """Your own module, for :func:`ldam.web.serve` (inputs are ``(pixel − mean) / std``)."""
+        info = ModelInfo(name, type(model).__name__, tuple(input_shape), class_names, tuple(mean), tuple(std), dataset)
+        with model_guard(model):
+            layers = probe_layers(model, info.input_shape)
+        entry = cls(name, model, info, layers)
+        if dataset is not None:
+            entry._load_data()
+        return entry
+
+    @classmethod
     def load(cls, spec: str, with_data: bool = True) -> "ModelEntry":
         from ..zoo import load_model
 
