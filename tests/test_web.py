@@ -345,3 +345,32 @@ def test_your_own_module_can_be_served():
         assert receive(ws, "started")["targets"] == "conv2:4"
         assert decode(receive(ws, "frame")["grid"]).size == (2 + 3 * 14, 2 + 14)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_slow_page_gets_the_newest_frames_not_a_queue(entries):
+    """Over a real socket: a page that shows a frame every 0.25 s sees fresh frames, with the
+    ones it had no time for dropped, however far ahead the sampler runs."""
+    from websockets.sync.client import connect
+
+    from ldam.web.server import BackgroundServer
+
+    with BackgroundServer(create_app(entries, ServerConfig())) as srv:
+        with connect(srv.url.replace("http", "ws") + "/ws", max_size=2**24) as ws:
+            def next_frame() -> dict:
+                while True:
+                    m = json.loads(ws.recv(timeout=30))
+                    if m["type"] == "frame":
+                        return m
+
+            assert json.loads(ws.recv(timeout=30))["type"] == "hello"
+            ws.send(json.dumps({"type": "start", "model": MODEL, "layer": "output", "unit": "all"}))
+            seen, stale = [], []
+            for _ in range(10):
+                f = next_frame()
+                stale.append(time.time() - f["time"])
+                seen.append(f["seq"])
+                time.sleep(0.25)  # a slow page
+                ws.send(json.dumps({"type": "ack", "seq": f["seq"]}))
+    gaps = [b - a for a, b in zip(seen, seen[1:])]
+    assert max(gaps) > 2, seen  # frames were dropped, not queued
+    assert max(stale[3:]) < 0.6, stale  # and what arrives is at most about one page-period old

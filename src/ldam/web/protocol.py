@@ -65,6 +65,13 @@ class Record(_Msg):
     on: bool
 
 
+class Ack(_Msg):
+    """The page has shown frame ``seq``: the server keeps at most a few frames in flight."""
+
+    type: Literal["ack"]
+    seq: Annotated[int, Field(ge=0, le=2**53)]
+
+
 class DatasetInput(_Msg):
     kind: Literal["dataset"]
     index: Annotated[int, Field(ge=0, le=1_000_000)]
@@ -94,9 +101,9 @@ class Top(_Msg):
     unit: Annotated[int, Field(ge=0, le=100_000)]
 
 
-Message = Annotated[Union[Start, Set, Simple, Record, Activations, Top], Field(discriminator="type")]
+Message = Annotated[Union[Start, Set, Simple, Record, Activations, Top, Ack], Field(discriminator="type")]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
-TYPES = ("start", "set", "pause", "resume", "reset", "snapshot", "record", "activations", "top9")
+TYPES = ("start", "set", "pause", "resume", "reset", "snapshot", "record", "activations", "top9", "ack")
 
 
 class ProtocolError(ValueError):

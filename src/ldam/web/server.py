@@ -28,12 +28,16 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from ..errors import LdamError
-from .protocol import MAX_UPLOAD, Activations, ProtocolError, Record, Set, Simple, Start, Top, parse
+from .protocol import MAX_UPLOAD, Ack, Activations, ProtocolError, Record, Set, Simple, Start, Top, parse
 from .session import LiveSession, ModelEntry, activation_maps, top_images
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_PORT = 8765
 MAX_PIXELS = 40_000_000
+#: Frames sent but not yet acknowledged, at most, for a page that acknowledges frames. Newer
+#: frames replace older ones while the page catches up, so what it shows is never stale by more
+#: than this many frames, however slow it is and however large the socket buffers are.
+IN_FLIGHT = 2
 FORMATS = {"PNG", "JPEG", "GIF", "BMP", "WEBP"}
 
 
@@ -172,6 +176,7 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         slot: dict[str, Any] = {"frame": None}
+        flow = {"sent": 0, "acked": 0, "acking": False}
         replies: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
 
         def publish(msg: dict[str, Any]) -> None:  # any thread
@@ -194,8 +199,11 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
                 wake.clear()
                 while replies:
                     await ws.send_json(replies.popleft())
+                if flow["acking"] and flow["sent"] - flow["acked"] >= IN_FLIGHT:
+                    continue  # the page is behind: keep only the newest frame until it acknowledges
                 frame, slot["frame"] = slot["frame"], None
                 if frame is not None:
+                    flow["sent"] += 1
                     await ws.send_json(frame)
 
         send_task = asyncio.create_task(sender())
@@ -211,7 +219,13 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
                     publish({"type": "error", "message": "send JSON text messages, not binary"})
                     continue
                 try:
-                    await _dispatch(parse(text), session, entries, publish)
+                    msg = parse(text)
+                    if isinstance(msg, Ack):
+                        flow["acking"] = True
+                        flow["acked"] = min(flow["acked"] + 1, flow["sent"])
+                        wake.set()
+                        continue
+                    await _dispatch(msg, session, entries, publish)
                 except (ProtocolError, LdamError, ValueError, KeyError) as e:
                     publish({"type": "error", "message": str(e).strip("'\"")})
                 if send_task.done():

@@ -84,6 +84,7 @@ function onMessage(msg) {
     $("means").src = "data:image/png;base64," + msg.means;
     state.trace.push(msg.stats.activation); if (state.trace.length > 600) state.trace.shift();
     drawTrace(); showNumbers(msg);
+    sock.send({ type: "ack", seq: msg.seq });  // ready for the next (newest) frame
   } else if (msg.type === "paused") {
     state.paused = msg.paused; $("pause").textContent = msg.paused ? "Resume" : "Pause";
   } else if (msg.type === "snapshot") {
