@@ -363,7 +363,7 @@ def test_a_slow_page_gets_the_newest_frames_not_a_queue(entries):
                         return m
 
             assert json.loads(ws.recv(timeout=30))["type"] == "hello"
-            ws.send(json.dumps({"type": "start", "model": MODEL, "layer": "output", "unit": "all"}))
+            ws.send(json.dumps({"type": "start", "model": MODEL, "layer": "output", "unit": "all", "ack": True}))
             seen, stale = [], []
             for _ in range(10):
                 f = next_frame()

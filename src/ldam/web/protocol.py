@@ -32,6 +32,7 @@ class Start(_Msg):
     unit: Union[Literal["all"], Annotated[int, Field(ge=0, le=100_000)]]
     chains: Annotated[int, Field(ge=1, le=100)] = 10
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    ack: bool = False  # the page will acknowledge every frame it shows (flow control)
 
 
 def _knob(name: str, kind: type = float) -> Any:

@@ -221,10 +221,11 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
                 try:
                     msg = parse(text)
                     if isinstance(msg, Ack):
-                        flow["acking"] = True
                         flow["acked"] = min(flow["acked"] + 1, flow["sent"])
                         wake.set()
                         continue
+                    if isinstance(msg, Start):
+                        flow.update(acking=msg.ack, sent=0, acked=0)
                     await _dispatch(msg, session, entries, publish)
                 except (ProtocolError, LdamError, ValueError, KeyError) as e:
                     publish({"type": "error", "message": str(e).strip("'\"")})
