@@ -374,3 +374,19 @@ def test_a_slow_page_gets_the_newest_frames_not_a_queue(entries):
     gaps = [b - a for a, b in zip(seen, seen[1:])]
     assert max(gaps) > 2, seen  # frames were dropped, not queued
     assert max(stale[3:]) < 0.6, stale  # and what arrives is at most about one page-period old
+
+
+def test_the_server_uses_local_data_only_and_never_downloads(tmp_path, monkeypatch):
+    import ldam.data.cifar10
+    import ldam.data.mnist
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("ldam serve must not download")
+
+    monkeypatch.setattr(ldam.data.mnist, "download", no_download)
+    monkeypatch.setattr(ldam.data.cifar10, "download", no_download)
+    monkeypatch.setenv("LDAM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LDAM_CACHE_DIR", str(tmp_path / "cache"))
+    entry = ModelEntry.load(MODEL)
+    assert not entry.has_data and entry.test_images is None
+    assert entry.describe()["discriminator"] is False

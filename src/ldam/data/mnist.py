@@ -152,13 +152,14 @@ def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
     return data.reshape(shape)
 
 
-def load_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST ``split`` ("train" or "test") as uint8 images ``[N, 28, 28]`` and int64 labels ``[N]``."""
+def load_mnist(split: str = "train", download_missing: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST ``split`` ("train" or "test") as uint8 images ``[N, 28, 28]`` and int64 labels ``[N]``;
+    with ``download_missing=False`` only local files are used (a :class:`DataError` otherwise)."""
     if split not in _SPLITS:
         raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
     img_name, lab_name = _SPLITS[split]
-    images = _read_idx(locate(img_name), 0x803, 3)
-    labels = _read_idx(locate(lab_name), 0x801, 1)
+    images = _read_idx(locate(img_name, download_missing), 0x803, 3)
+    labels = _read_idx(locate(lab_name, download_missing), 0x801, 1)
     if len(images) != len(labels):
         raise DataError(f"MNIST {split}: {len(images)} images but {len(labels)} labels")
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))

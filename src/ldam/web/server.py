@@ -273,6 +273,10 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
         entries = {spec: ModelEntry.load(spec, with_data=with_data) for spec in models}
     app = create_app(entries, cfg)
     token = f"?token={cfg.token}" if cfg.token else ""
+    for name, e in entries.items():
+        if e.info.dataset in ("mnist", "cifar10") and not e.has_data:
+            print(f"ldam serve: no local {e.info.dataset} data for {name}: the discriminator and dataset inputs are off "
+                  "(set LDAM_DATA_DIR to a folder holding it)", flush=True)
     print(f"ldam serve: {', '.join(entries)} on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
                 ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20)
