@@ -274,7 +274,7 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
     app = create_app(entries, cfg)
     token = f"?token={cfg.token}" if cfg.token else ""
     for name, e in entries.items():
-        if e.info.dataset in ("mnist", "cifar10") and not e.has_data:
+        if with_data and e.info.dataset in ("mnist", "cifar10") and not e.has_data:
             print(f"ldam serve: no local {e.info.dataset} data for {name}: the discriminator and dataset inputs are off "
                   "(set LDAM_DATA_DIR to a folder holding it)", flush=True)
     print(f"ldam serve: {', '.join(entries)} on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)", flush=True)
