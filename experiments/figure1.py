@@ -7,8 +7,11 @@ on MNIST/CIFAR-10 *training* images. For every weight and seed this measures:
 
 * **activation**: the mean target logit over the kept steps;
 * **realism**: ``D`` of a *held-out* critic that the sampler never saw. It is trained on the
-  other seed's samples (all weights pooled) against real *test* images (first half), and scores
-  this seed's chain means; on the second half of the test images it gives the "real" level;
+  other seed's samples (all weights pooled) against half of the real *test* images, and scores
+  this seed's chain means; on the other half it gives the "real" level;
+* **distance to real images**: the kernel distance (KID, unbiased MMD²) between the chain means
+  and real test images in the feature space of the independent classifier below (its
+  penultimate layer); 0 for real images;
 * **class agreement**: the fraction of chain means that an *independent* classifier (another
   architecture, another seed: an MLP for MNIST, a small CNN for CIFAR-10) assigns to the target;
 * **mode-locking**: the diversity of each class's chain means (mean pairwise cosine distance)
@@ -29,7 +32,7 @@ import torch
 
 import ldam
 import ldam.zoo
-from ldam.analysis import cosine_distances, count_modes, mean_pairwise, summarize
+from ldam.analysis import cosine_distances, count_modes, kid, layer_activations, mean_pairwise, summarize
 from ldam.render import batch_grid
 from ldam.train import TrainConfig, evaluate, load_dataset, train
 
@@ -46,6 +49,7 @@ SETTINGS = {
                                       bf16=True, seed=7, val_size=5000)),
 }
 SAMPLER = dict(method="paper", step_size=0.01, temperature=0.3)
+FEATURES = {"mnist": "relu2", "cifar10": "flatten"}  # the judges' penultimate layers
 L2_WEIGHT = 0.3
 
 
@@ -94,12 +98,25 @@ def study(ds: str, args, rep: Report) -> None:
     judge, judge_acc = independent_classifier(ds, data, cache, args.quick)
     real_train = data["x_train"]
     half = len(data["x_test"]) // 2
-    real_fit, real_check = data["x_test"][:half], data["x_test"][half:]
+    # A seeded random split: MNIST's test set is ordered (its halves come from different writers).
+    perm = torch.randperm(len(data["x_test"]), generator=torch.Generator().manual_seed(0))
+    real_fit, real_check = data["x_test"][perm[:half]], data["x_test"][perm[half:]]
+    # The chains are cached (runs/figure1/chains-*.pt) so that the measures can be recomputed.
+    store = cache / f"chains-{ds}-{chains}x{steps}-seeds{'-'.join(map(str, seeds))}.pt"
     runs: dict[tuple[float, int], dict] = {}
+    if store.exists() and not args.quick:
+        saved = torch.load(store, weights_only=True)
+        runs = {(float(k.split("/")[0]), int(k.split("/")[1])): v for k, v in saved.items()}
     for seed in seeds:
         for w in WEIGHTS:
-            print(f"{ds}: w = {w}, seed {seed}", flush=True)
-            runs[w, seed] = run(model, info, real_train, w, seed, chains, steps)
+            if (w, seed) not in runs:
+                print(f"{ds}: w = {w}, seed {seed}", flush=True)
+                runs[w, seed] = run(model, info, real_train, w, seed, chains, steps)
+    if not args.quick:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({f"{w}/{seed}": v for (w, seed), v in runs.items()}, store)
+    real_feats = layer_activations(judge, FEATURES[ds], real_check)
+    kid_real = kid(layer_activations(judge, FEATURES[ds], real_fit[: len(real_check)]), real_feats)
     cls = torch.arange(10).repeat_interleave(chains)
     # Cross-fitted held-out critics: the one trained on seed a's samples scores seed b's means.
     scores: dict[tuple[float, int], float] = {}
@@ -116,7 +133,7 @@ def study(ds: str, args, rep: Report) -> None:
             log_odds[w, seed] = float((p_real / (1 - p_real)).log().mean())
     rows, per_class = [], {}
     for w in WEIGHTS:
-        acts, real_s, odds, agree = [], [], [], []
+        acts, real_s, odds, agree, kids = [], [], [], [], []
         for seed in seeds:
             r = runs[w, seed]
             with torch.no_grad():
@@ -126,9 +143,10 @@ def study(ds: str, args, rep: Report) -> None:
             acts.append(r["activation"])
             real_s.append(scores[w, seed])
             odds.append(log_odds[w, seed])
+            kids.append(1000 * kid(layer_activations(judge, FEATURES[ds], r["means"]), real_feats))
             agree.append(float(hit.mean()))
         rows.append([f"{w:g}", fmt(*summarize(acts), 2), fmt(*summarize(real_s)), fmt(*summarize(odds), 1),
-                     fmt(*summarize(agree), 2),
+                     fmt(*summarize(kids), 1), fmt(*summarize(agree), 2),
                      ", ".join(f"{a:.2f}" for a in agree)])
     # Pictures: seed 0, chain 0 of each class, rows = weights.
     pix = dict(display="pixel", mean=info.mean, std=info.std)
@@ -148,10 +166,12 @@ def study(ds: str, args, rep: Report) -> None:
              f"`{cfg['judge'].arch}`, seed {cfg['judge'].seed}, test accuracy {judge_acc:.4f}.")
     rep.image(grid, f"figure1_{ds}.png", f"{title}: rows are discriminator weights, columns the output neurons "
               "(seed 0, chain 0 of each class, in pixel space).")
-    rep.table(["w", "target activation", "realism (held-out D of the means)", "realism log-odds", "class agreement (independent)",
+    rep.table(["w", "target activation", "realism (held-out D of the means)", "realism log-odds",
+               "KID x 1000 to real test images (lower is more real)", "class agreement (independent)",
                "agreement per seed"], rows)
     rep.text(f"The held-out critics score real test images they did not train on at "
-             f"{fmt(*summarize(real_level))} (the level of a real image).")
+             f"{fmt(*summarize(real_level))} (the level of a real image). The KID x 1000 between two halves of "
+             f"the real test images is {1000 * kid_real:.1f} (the level of real images).")
     if ds == "cifar10":
         rep.table(["w"] + names, [[f"{w:g}"] + [f"{float(v):.2f}" for v in torch.stack(per_class[w]).mean(0)]
                                   for w in WEIGHTS])
@@ -169,10 +189,12 @@ def study(ds: str, args, rep: Report) -> None:
     rep.table(["w", "diversity within a class (mean pairwise cosine distance)", f"modes among {chains} chains (cut 0.5)"],
               lock)
     act = [float(r[1].split(" ")[0]) for r in rows]
-    agr = [float(r[4].split(" ")[0]) for r in rows]
+    kd = [float(r[4].split(" ")[0]) for r in rows]
+    agr = [float(r[5].split(" ")[0]) for r in rows]
     rl = [float(r[2].split(" ")[0]) for r in rows]
     rep.text(f"**Measured ({ds}).** From w = 0 to w = 1 the target activation goes {act[0]:.2f} → {act[-1]:.2f}, "
-             f"realism {rl[0]:.3f} → {rl[-1]:.3f} (peak {max(rl):.3f} at w = {WEIGHTS[rl.index(max(rl))]:g}), class "
+             f"realism {rl[0]:.3f} → {rl[-1]:.3f} (peak {max(rl):.3f} at w = {WEIGHTS[rl.index(max(rl))]:g}), KID x 1000 "
+             f"{kd[0]:.1f} → {kd[-1]:.1f} (lowest {min(kd):.1f} at w = {WEIGHTS[kd.index(min(kd))]:g}), class "
              f"agreement {agr[0]:.2f} → {agr[-1]:.2f} (peak {max(agr):.2f} at w = {WEIGHTS[agr.index(max(agr))]:g}). "
              f"Within-class diversity at w = 0.2 vs 1.0: {lock[0][1]} vs {lock[1][1]}.")
 

@@ -103,3 +103,20 @@ def test_summarize():
     m, e = summarize([1.0, 2.0, 3.0, 6.0])
     assert m == pytest.approx(3.0) and e == pytest.approx(np.std([1, 2, 3, 6], ddof=1) / 2)
     assert np.isnan(summarize([4.0])[1])
+
+
+def test_kid_against_a_loop_and_its_expectations():
+    from ldam.analysis import kid
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 3, generator=g).double(), torch.randn(5, 3, generator=g).double() + 0.5
+    k = lambda x, y: (float(x @ y) / 3 + 1) ** 3  # noqa: E731
+    ref = (sum(k(a[i], a[j]) for i in range(7) for j in range(7) if i != j) / 42
+           + sum(k(b[i], b[j]) for i in range(5) for j in range(5) if i != j) / 20
+           - 2 * sum(k(a[i], b[j]) for i in range(7) for j in range(5)) / 35)
+    assert abs(kid(a, b) - ref) < 1e-10
+    # Unbiased: for two samples of one distribution it averages to 0; a shift makes it positive.
+    same = [kid(torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g)) for _ in range(200)]
+    shifted = [kid(torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g) + 1) for _ in range(50)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(200)
+    assert min(shifted) > 0 and np.mean(shifted) > 20 * np.std(same) / np.sqrt(200)
