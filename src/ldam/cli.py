@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ldam",
         description="Sample the inputs that drive a neuron of a PyTorch model with Langevin dynamics "
         "(LDAM): log p(x) = (f(x) − Σ λ R(x)) / T.",
-        epilog="Examples:\n  ldam demo\n  ldam layers zoo:lenet-mnist\n"
+        epilog="Examples:\n  ldam serve                     # the live UI on http://127.0.0.1:8765/\n  ldam demo\n"
+        "  ldam layers zoo:lenet-mnist\n"
         "  ldam zoo\n  ldam sample --model zoo:lenet-mnist --target 'fc3:0-9' --chains 10 --steps 3000 --l2 1.0 --out runs/x",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
