@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(s, steps=2000, chains=8, pixel_range=False)
     s.set_defaults(func=cmd_sample)
 
-    d = sub.add_parser("demo", help=f"sample the 10 digit neurons of {DEMO_MODEL} (the quick start)",
+    d = sub.add_parser("demo", help=f"sample the 10 digit neurons of {DEMO_MODEL} into runs/demo (no browser needed)",
                        description=f"Sample the 10 output neurons of {DEMO_MODEL}, 10 chains each, and "
                        "write grid.png, targets.png, chains.gif and result.pt to runs/demo.")
     _add_sampling_options(d, steps=1500, chains=10, pixel_range=True)
