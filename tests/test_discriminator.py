@@ -250,3 +250,10 @@ def test_the_r1_gradient_penalty_flattens_the_critic_on_real_images():
         norms[gamma] = float(g.norm(dim=1).mean())
         assert float((disc.prob_real(blob(MU_REAL, 500, 6)) > 0.5).float().mean()) > 0.95  # still a good critic
     assert norms[10.0] < 0.5 * norms[0.0], norms
+
+
+def test_each_discriminator_gets_its_own_training_settings():
+    x = torch.randn(10, 2)
+    a, b = ldam.Discriminator(x), ldam.Discriminator(x)
+    a.training.lr = 0.5
+    assert b.training.lr == 1e-4 and a.training is not b.training

@@ -285,7 +285,8 @@ class Discriminator(Regularizer):
         weight: ``w ∈ [0, 1]``; may be changed between steps.
         mode: ``"density"`` (exact, any method) or ``"mix"`` (the authors' normalized mix,
             ``method="paper"`` only).
-        training: a :class:`CriticTraining`, or ``None`` to freeze the critic.
+        training: a :class:`CriticTraining` (default: ``CriticTraining()``), or ``None`` to freeze
+            the critic.
         seed: seeds the default critic's initialization and the draws of real and fake images.
     """
 
@@ -298,7 +299,7 @@ class Discriminator(Regularizer):
         *,
         weight: float = 0.5,
         mode: str = "density",
-        training: CriticTraining | None = CriticTraining(),
+        training: CriticTraining | None | str = "default",
         seed: int = 0,
     ):
         if mode not in MODES:
@@ -306,6 +307,10 @@ class Discriminator(Regularizer):
                              "'mix' (the authors' normalized mix, with method='paper')")
         if critic is not None and not isinstance(critic, nn.Module):
             raise TypeError(f"critic must be a torch.nn.Module, got {type(critic).__name__}")
+        if isinstance(training, str):
+            if training != "default":
+                raise ValueError(f"training must be a CriticTraining, None or 'default', got {training!r}")
+            training = CriticTraining()  # a fresh one per discriminator
         if training is not None and real is None:
             raise DataError("online critic training needs real images: pass real=... (a tensor, Dataset or "
                             "DataLoader in the model's input space), or training=None to use a pretrained critic as is")
