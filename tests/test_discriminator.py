@@ -60,7 +60,7 @@ def test_the_sampler_with_w_1_moves_chains_to_the_real_blob():
     assert float(d_real) < 1.0 < float(d_fake)
 
 
-def _conv_setup(**disc_kw):
+def _conv_setup():
     torch.manual_seed(0)
     model = SmallConvNet()
     real = torch.randn(256, 1, 12, 12) * 0.5 + 0.3

@@ -15,6 +15,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from ldam.errors import LdamError  # noqa: E402
 from ldam.cli import main  # noqa: E402
 from ldam.web.server import ServerConfig, create_app  # noqa: E402
 from ldam.web.session import ModelEntry  # noqa: E402
@@ -211,7 +212,7 @@ def test_snapshot_and_gif_recording(entries):
         ws.send_json({"type": "snapshot"})
         snap = receive(ws, "snapshot")
         assert decode(snap["png"]).format == "PNG"
-        assert snap["config"]["targets"] == ["output:4"] or snap["config"]["targets"] == "output:4"
+        assert snap["config"]["targets"] == "output:4" and snap["config"]["chains"] == 3
         assert snap["config"]["live_params"]["temperature"] == 0.02
 
 
@@ -389,4 +390,18 @@ def test_the_server_uses_local_data_only_and_never_downloads(tmp_path, monkeypat
     monkeypatch.setenv("LDAM_CACHE_DIR", str(tmp_path / "cache"))
     entry = ModelEntry.load(MODEL)
     assert not entry.has_data and entry.test_images is None
+    with pytest.raises(LdamError, match="LDAM_DATA_DIR"):
+        entry.real_images()
     assert entry.describe()["discriminator"] is False
+
+
+def test_the_critic_s_training_images_are_read_when_first_needed():
+    from conftest import require_data
+
+    require_data("mnist/train-images-idx3-ubyte.gz", "mnist/t10k-images-idx3-ubyte.gz")
+    entry = ModelEntry.load(MODEL)
+    assert entry.has_data and entry.train_images is None  # start-up reads only the test split
+    assert len(entry.test_images) == 1000
+    real = entry.real_images()
+    assert len(real) == 60000 and real[0].shape == (1, 28, 28)  # MNIST's training set (MANIFEST.md)
+    assert entry.real_images().images is real.images  # read once

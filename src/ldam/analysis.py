@@ -81,20 +81,28 @@ def activation_gradients(model: nn.Module, target: str | Target, x: torch.Tensor
             return ts.value_and_grad(x)
 
 
-def layer_activations(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """The output of ``model``'s submodule ``layer`` for every row of ``x``, flattened ``[K, D]``
-    (eval mode, no gradients; the model is left as found)."""
+def layer_activations(model: nn.Module, layer: str, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """The output of ``model``'s submodule ``layer`` (or of the model itself for ``"output"``) for
+    every row of ``x``, flattened ``[K, D]``, ``batch_size`` rows at a time (eval mode, no
+    gradients; the model is left as found)."""
     modules = dict(model.named_modules())
-    if layer not in modules:
+    if layer not in modules and layer != "output":
         raise ValueError(f"no layer named {layer!r} in {type(model).__name__}")
+    step = batch_size or max(1, len(x))
     captured: list[torch.Tensor] = []
     with model_guard(model), torch.no_grad():
-        handle = modules[layer].register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
+        handle = None
+        if layer in modules:
+            handle = modules[layer].register_forward_hook(lambda _m, _i, out: captured.append(out.detach().flatten(1)))
         try:
-            model(x)
+            for i in range(0, len(x), step):
+                y = model(x[i:i + step])
+                if handle is None:
+                    captured.append(y.detach().flatten(1))
         finally:
-            handle.remove()
-    return captured[0].flatten(1)
+            if handle is not None:
+                handle.remove()
+    return torch.cat(captured)
 
 
 def saliency(grads: torch.Tensor) -> torch.Tensor:

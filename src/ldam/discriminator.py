@@ -26,9 +26,8 @@ the critic believes is real (``w = 1``, the classifier has no effect). Two ways 
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .energy import Regularizer
 from .errors import CheckpointError, CriticWarning, DataError, ShapeError
+from .io import atomic_save
 
 MODES = ("density", "mix")
 FORMAT = "ldam-critic"
@@ -400,19 +400,23 @@ class Discriminator(Regularizer):
             return out[:, 1] - out[:, 0]
         return out.reshape(len(x))
 
-    def prob_real(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-        """``D(x)`` per row, without gradients, in eval mode."""
-        assert x.dim() >= 2
+    @contextlib.contextmanager
+    def _critic_mode(self, x: torch.Tensor, training: bool) -> Iterator[nn.Module]:
+        """The critic, bound to ``x``'s shape, in train or eval mode for the block (then as it was)."""
         self._ensure_bound(x)
         assert self.critic is not None
-        mode = self.critic.training
-        self.critic.eval()
+        was = self.critic.training
+        self.critic.train(training)
         try:
-            with torch.no_grad():
-                return torch.cat([torch.sigmoid(self.logits(x[i:i + batch_size].to(self._device, self._dtype)))
-                                  for i in range(0, len(x), batch_size)])
+            yield self.critic
         finally:
-            self.critic.train(mode)
+            self.critic.train(was)
+
+    def prob_real(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """``D(x)`` per row, without gradients, in eval mode."""
+        with self._critic_mode(x, False), torch.no_grad():
+            return torch.cat([torch.sigmoid(self.logits(x[i:i + batch_size].to(self._device, self._dtype)))
+                              for i in range(0, len(x), batch_size)])
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """``R_D(x) = −log D(x) = softplus(−c(x))``."""
@@ -420,16 +424,9 @@ class Discriminator(Regularizer):
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         """``∇_x R_D(x) = −∇_x log D(x)``; the critic's parameters get no gradient."""
-        self._ensure_bound(x)
-        assert self.critic is not None
-        mode = self.critic.training
-        self.critic.eval()
-        try:
-            with torch.enable_grad():
-                xr = x.detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(self.value(xr).sum(), xr)
-        finally:
-            self.critic.train(mode)
+        with self._critic_mode(x, False), torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.value(xr).sum(), xr)
         return g
 
     def mix(self, g_hat_f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -457,32 +454,25 @@ class Discriminator(Regularizer):
         if self.real is None:
             raise DataError("online critic training needs real images (real=...)")
         tr = self.training
-        self._ensure_bound(fake)
-        assert self.critic is not None
-        if self._opt is None:
-            self._opt = tr.make_optimizer(self.critic.parameters())
         fake = fake.detach()
         if len(fake) > tr.batch_size:
             fake = fake[torch.randperm(len(fake), generator=self._gen)[: tr.batch_size].to(fake.device)]
-        real = self.real.batch(len(fake)).to(self._device, self._dtype)
-        mode = self.critic.training
-        self.critic.train()
-        try:
-            with torch.enable_grad():
-                if tr.gradient_penalty > 0:
-                    real = real.requires_grad_(True)
-                lr_, lf = self.logits(real), self.logits(fake)
-                smooth = 1.0 - tr.label_smoothing
-                loss = (F.binary_cross_entropy_with_logits(lr_, torch.full_like(lr_, smooth))
-                        + F.binary_cross_entropy_with_logits(lf, torch.zeros_like(lf)))
-                if tr.gradient_penalty > 0:
-                    (gr,) = torch.autograd.grad(lr_.sum(), real, create_graph=True)
-                    loss = loss + 0.5 * tr.gradient_penalty * gr.flatten(1).pow(2).sum(1).mean()
-                self._opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self._opt.step()
-        finally:
-            self.critic.train(mode)
+        with self._critic_mode(fake, True) as critic, torch.enable_grad():
+            if self._opt is None:
+                self._opt = tr.make_optimizer(critic.parameters())
+            real = self.real.batch(len(fake)).to(self._device, self._dtype)
+            if tr.gradient_penalty > 0:
+                real = real.requires_grad_(True)
+            lr_, lf = self.logits(real), self.logits(fake)
+            smooth = 1.0 - tr.label_smoothing
+            loss = (F.binary_cross_entropy_with_logits(lr_, torch.full_like(lr_, smooth))
+                    + F.binary_cross_entropy_with_logits(lf, torch.zeros_like(lf)))
+            if tr.gradient_penalty > 0:
+                (gr,) = torch.autograd.grad(lr_.sum(), real, create_graph=True)
+                loss = loss + 0.5 * tr.gradient_penalty * gr.flatten(1).pow(2).sum(1).mean()
+            self._opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._opt.step()
         d_real, d_fake = float(torch.sigmoid(lr_.detach()).mean()), float(torch.sigmoid(lf.detach()).mean())
         self.updates += 1
         self.last = {"d_real": d_real, "d_fake": d_fake, "critic_loss": float(loss.detach())}
@@ -533,22 +523,12 @@ class Discriminator(Regularizer):
         """Write the critic atomically as ``{"format", "arch", "state_dict", "meta"}`` (weights only)."""
         if self.critic is None:
             raise RuntimeError("the critic is built when the discriminator is first used; nothing to save yet")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         spec = getattr(self.critic, "spec", None)
         blob = {"format": FORMAT, "arch": spec if isinstance(spec, dict) else None,
                 "state_dict": {k: v.detach().cpu() for k, v in self.critic.state_dict().items()},
                 "meta": {"input_shape": list(self.input_shape or ()), "updates": self.updates,
                          "training": asdict(self.training) if self.training else None, **self.last}}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_save(blob, path)
 
     @classmethod
     def load(cls, path: str | Path, real: Any = None, critic: nn.Module | None = None, **kwargs: Any) -> "Discriminator":

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,6 +11,7 @@ import torch
 from PIL import Image
 
 from .errors import CheckpointError
+from .io import atomic_save
 from .render import batch_grid, grid, save_gif, to_image
 from .targets import Target, parse
 
@@ -111,15 +110,7 @@ class Result:
         for k in ("ema", "last", "acceptance"):
             if getattr(self, k) is not None:
                 blob[k] = getattr(self, k)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_save(blob, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Result":

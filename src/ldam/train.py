@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import CheckpointError, LdamError
+from .io import atomic_save
 from .zoo import ARCHITECTURES, CIFAR10_CLASSES, CIFAR10_NORM, MNIST_CLASSES, ModelInfo, build, load_model, save_checkpoint
 
 
@@ -192,18 +191,6 @@ def recompute_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 500
         bn.momentum = m
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _clone(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in sd.items()}
 
@@ -296,7 +283,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
             h = history[-1]
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {h['loss']:.4f}, train accuracy {h['train_accuracy']:.4f}, "
                   f"validation accuracy {val_acc:.4f}, {h['seconds']:.1f} s", flush=True)
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                       "config": asdict(cfg), "history": json.dumps(history), "avg": avg, "n_avg": n_avg,
                       "snapshots": snapshots}, ckpt)
     record: dict[str, Any] = {"config": asdict(cfg), "history": history, "epochs_done": len(history),

@@ -30,6 +30,7 @@ from ..guard import model_guard
 from ..render import display_array, grid, grid_array, to_image
 from ..sampler import Sampler
 from ..samplers import MALA
+from ..analysis import layer_activations
 from ..targets import probe_layers
 from ..zoo import ModelInfo
 
@@ -84,11 +85,12 @@ class ModelEntry:
     model: torch.nn.Module
     info: ModelInfo
     layers: dict[str, Any]
-    train_images: torch.Tensor | None = None  # uint8, for the critic
+    train_images: torch.Tensor | None = None  # uint8, for the critic (loaded when first needed)
     test_images: torch.Tensor | None = None  # uint8, for the activations page
     test_labels: torch.Tensor | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # the shared model's hooks
     _top_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    _load_train: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
     def from_model(cls, name: str, model: torch.nn.Module, input_shape: tuple[int, ...], *,
@@ -126,17 +128,28 @@ class ModelEntry:
         if tuple(shape) != tuple(self.info.input_shape):
             return
         try:
-            train_x, _ = load("train", download_missing=False)
             test_x, test_y = load("test", download_missing=False)
         except (LdamError, OSError):
             return  # no local data: the discriminator and dataset inputs are disabled
-        self.train_images = train_x if train_x.dim() == 4 else train_x.unsqueeze(1)
         self.test_images = (test_x if test_x.dim() == 4 else test_x.unsqueeze(1))[:1000]
         self.test_labels = test_y[:1000]
+        # The training split (the critic's real images) is read when a discriminator first needs it.
+        self._load_train = lambda: load("train", download_missing=False)[0]
 
     @property
     def has_data(self) -> bool:
-        return self.train_images is not None
+        return self.train_images is not None or self._load_train is not None
+
+    def real_images(self) -> NormalizedImages:
+        """The training images in model units, for a critic (read from disk on first use)."""
+        with self._lock:
+            if self.train_images is None:
+                if self._load_train is None:
+                    raise LdamError(f"no real images for {self.name}'s discriminator: start the server where the "
+                                    "model's dataset is available (LDAM_DATA_DIR)")
+                x = self._load_train()
+                self.train_images = x if x.dim() == 4 else x.unsqueeze(1)
+        return NormalizedImages(self.train_images, self.info.mean, self.info.std)
 
     def describe(self) -> dict[str, Any]:
         names = self.info.class_names
@@ -160,34 +173,20 @@ class ModelEntry:
         assert self.test_images is not None
         return NormalizedImages(self.test_images[index:index + 1], self.info.mean, self.info.std)[0]
 
+    def unit_maps(self, layer: str, x: torch.Tensor) -> torch.Tensor:
+        """``layer``'s output for ``x`` as ``[N, units, positions]`` (the shared model, one caller at a time)."""
+        with self._lock:
+            out = layer_activations(self.model, layer, x, batch_size=250)
+        return out.view(len(x), self.layers[layer].units, -1)
+
     def unit_scores(self, layer: str) -> torch.Tensor:
         """Each test image's activation of every unit of ``layer`` (spatial mean), ``[N, units]``."""
         with self._lock:
             if layer not in self._top_cache:
                 assert self.test_images is not None
-                x = torch.stack([self.dataset_input(i) for i in range(len(self.test_images))])
-                self._top_cache[layer] = layer_output(self.model, layer, x).flatten(2).mean(2)
+                x = NormalizedImages(self.test_images, self.info.mean, self.info.std)
+                self._top_cache[layer] = self.unit_maps(layer, torch.stack([x[i] for i in range(len(x))])).mean(2)
             return self._top_cache[layer]
-
-
-def layer_output(model: torch.nn.Module, layer: str, x: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    """``layer``'s output for ``x``, at least ``[N, units, 1]`` (eval mode, the model left as found)."""
-    module = dict(model.named_modules())[layer] if layer != "output" else None
-    outs: list[torch.Tensor] = []
-    captured: list[torch.Tensor] = []
-    with model_guard(model), torch.no_grad():
-        handle = None
-        if module is not None:
-            handle = module.register_forward_hook(lambda _m, _i, o: captured.append(o.detach()))
-        try:
-            for i in range(0, len(x), batch):
-                y = model(x[i:i + batch])
-                outs.append(captured.pop() if module is not None else y.detach())
-        finally:
-            if handle is not None:
-                handle.remove()
-    out = torch.cat(outs)
-    return out.reshape(len(out), out.shape[1] if out.dim() > 1 else 1, -1)
 
 
 @dataclass
@@ -262,7 +261,7 @@ class LiveSession:
             last = time.perf_counter()
             try:
                 self.sampler.run(self.params.steps_per_frame)
-                if self.sampler.t - self.sampler._act_base > 2 * TRACE_KEEP:
+                if len(self.sampler.activations) > 2 * TRACE_KEEP:
                     self.sampler.forget_trace(TRACE_KEEP)
                 self.publish(self.frame())
             except Exception as e:  # noqa: BLE001 - the worker must outlive any one bad step
@@ -343,12 +342,9 @@ class LiveSession:
 
     def _ensure_disc(self) -> Discriminator:
         if self.disc is None:
-            entry = self.entry
-            if entry is None or not entry.has_data:
-                raise LdamError("no real images for this model's discriminator: start the server where the "
-                                "model's dataset is available (LDAM_DATA_DIR)")
-            assert entry.train_images is not None
-            real = NormalizedImages(entry.train_images, entry.info.mean, entry.info.std)
+            if self.entry is None:
+                raise LdamError("start a target before turning on the discriminator")
+            real = self.entry.real_images()
             mode = "mix" if self.params.method == "paper" else "density"
             self.disc = Discriminator(real, weight=0.0, mode=mode, training=CriticTraining(every=10))
             if self.sampler is not None:
@@ -399,7 +395,8 @@ class LiveSession:
         n_t, chains = len(s.targets), s.chains
         zoom = 1  # the browser enlarges the pictures (pixelated): 4x fewer pixels to encode and send
         per_target = shown.view(n_t, chains, *shown.shape[1:]).mean(1)
-        acts = s.activations[-1].view(n_t, chains) if s.t > s._act_base else torch.zeros(n_t, chains)
+        trace = s.activations
+        acts = trace[-1].view(n_t, chains) if len(trace) else torch.zeros(n_t, chains)
         jitter = float((s.x - shown).pow(2).mean().sqrt()) if s.ema is not None else 0.0
         stats: dict[str, Any] = {"activation": float(acts.mean()), "jitter": jitter}
         if isinstance(s.method, MALA) and s.method._accepted is not None:
@@ -460,10 +457,8 @@ def activation_maps(entry: ModelEntry, layer: str, x: torch.Tensor, max_units: i
     """Every unit's activation map of ``layer`` for one input ``x`` ``[C, H, W]``, as one picture."""
     if layer not in entry.layers:
         raise KeyError(f"unknown layer {layer!r} of {entry.name}")
-    with entry._lock:
-        out = layer_output(entry.model, layer, x.unsqueeze(0))[0]  # [units, positions]
-        with torch.no_grad(), model_guard(entry.model):
-            logits = entry.model(x.unsqueeze(0))[0]
+    out = entry.unit_maps(layer, x.unsqueeze(0))[0]  # [units, positions]
+    logits = entry.unit_maps("output", x.unsqueeze(0))[0, :, 0]
     li = entry.layers[layer]
     units = min(out.shape[0], max_units)
     spatial = li.shape[1:] if len(li.shape) == 3 else (1, 1)
