@@ -26,7 +26,8 @@ def test_nan_activation_names_the_model():
 
 def test_divergence_suggests_a_smaller_step():
     m = LinearNeuron(torch.ones(1, 4, 4))
-    with pytest.raises(ldam.DivergenceError, match=r"diverged.*step_size 10 is too large.*4·T/λ = 0.4.*--step-size 1"):
+    # The suggestion must satisfy the bound it prints (issue 10); the CLI spelling is tested in test_any_model.
+    with pytest.raises(ldam.DivergenceError, match=r"diverged.*step_size 10 is too large.*4·T/λ = 0.4.*step_size=0.2"):
         ldam.sample(m, "output:0", input_shape=(1, 4, 4), steps=200, burn_in=0, step_size=10.0,
                     regularizers=[ldam.L2(10.0)])
 

@@ -17,12 +17,13 @@ from .errors import (
     DivergenceError,
     LdamError,
     NonFiniteActivationError,
+    PrecisionNote,
     ShapeError,
     TargetError,
 )
 from .results import Result
 from .sampler import Sampler, StepInfo, sample
-from .samplers import MALA, PSGLD, SGLD, Method, Paper
+from .samplers import HMC, MALA, PMALA, PSGLD, SGLD, Method, Metropolis, Paper
 from .schedules import CyclicAnnealing, PolynomialDecay
 from .targets import Target, probe_layers, resolve
 
@@ -33,10 +34,10 @@ __all__ = [
     "Target", "resolve", "probe_layers",
     "Regularizer", "L2", "TotalVariation", "Box", "Energy",
     "Discriminator", "CriticTraining", "RealImages", "ConvCritic", "MLPCritic",
-    "Method", "SGLD", "MALA", "PSGLD", "Paper",
+    "Method", "SGLD", "Metropolis", "MALA", "PMALA", "HMC", "PSGLD", "Paper",
     "PolynomialDecay", "CyclicAnnealing",
     "BurnIn", "FixedBurnIn", "AutoBurnIn",
     "Callback", "ProgressBar", "GifRecorder",
     "LdamError", "TargetError", "ShapeError", "DivergenceError", "NonFiniteActivationError",
-    "DataError", "CheckpointError", "CriticWarning",
+    "DataError", "CheckpointError", "CriticWarning", "PrecisionNote",
 ]

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .guard import model_guard
-from .targets import Target, resolve
+from .targets import LayerInfo, Target, capture, probe_layers, resolve
 
 
 def _flat(means: torch.Tensor) -> torch.Tensor:
@@ -81,28 +81,21 @@ def activation_gradients(model: nn.Module, target: str | Target, x: torch.Tensor
             return ts.value_and_grad(x)
 
 
-def layer_activations(model: nn.Module, layer: str, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """The output of ``model``'s submodule ``layer`` (or of the model itself for ``"output"``) for
-    every row of ``x``, flattened ``[K, D]``, ``batch_size`` rows at a time (eval mode, no
-    gradients; the model is left as found)."""
-    modules = dict(model.named_modules())
-    if layer not in modules and layer != "output":
-        raise ValueError(f"no layer named {layer!r} in {type(model).__name__}")
-    step = batch_size or max(1, len(x))
-    captured: list[torch.Tensor] = []
-    with model_guard(model), torch.no_grad():
-        handle = None
-        if layer in modules:
-            handle = modules[layer].register_forward_hook(lambda _m, _i, out: captured.append(out.detach().flatten(1)))
-        try:
-            for i in range(0, len(x), step):
-                y = model(x[i:i + step])
-                if handle is None:
-                    captured.append(y.detach().flatten(1))
-        finally:
-            if handle is not None:
-                handle.remove()
-    return torch.cat(captured)
+def layer_activations(model: nn.Module, layer: str, x: torch.Tensor, batch_size: int | None = None,
+                      layers: dict[str, LayerInfo] | None = None) -> torch.Tensor:
+    """The output of ``layer`` (an entry of ``ldam layers``: a module name, ``relu#1``, ``output``,
+    ``output.logits``, ...) for every row of ``x``, flattened ``[K, D]``, ``batch_size`` rows at a
+    time (eval mode, no gradients; the model is left as found). Pass ``layers`` (from
+    :func:`~ldam.targets.probe_layers`) to skip probing the model again."""
+    with model_guard(model):
+        if layers is None:
+            layers = probe_layers(model, tuple(x.shape[1:]))
+        if layer not in layers:
+            raise ValueError(f"no layer named {layer!r} in {type(model).__name__}; run `ldam layers` to list them")
+        if not layers[layer].addressable:
+            raise ValueError(f"layer {layer!r} cannot be read: {layers[layer].reason}")
+        out = capture(model, [layers[layer]], x, batch_size)[layer]
+    return out.flatten(1)
 
 
 def saliency(grads: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,49 @@ from .targets import probe_layers
 DEMO_MODEL = "zoo:lenet-mnist"
 
 
-def _load(spec: str):
+ARCH_EXAMPLE = ("ldam layers weights.pt --arch mypkg.nets:resnet18 --arch-kwargs '{\"num_classes\": 10}' "
+                "--input-shape 3 224 224")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`ldam.zoo.load_model` that the model options ask for."""
+    shape = getattr(args, "input_shape", None)
+    return {"arch": getattr(args, "arch", None), "arch_kwargs": getattr(args, "arch_kwargs", None),
+            "input_shape": tuple(shape) if shape else None, "mean": getattr(args, "mean", None),
+            "std": getattr(args, "std", None)}
+
+
+def _load(spec: str, args: argparse.Namespace | None = None):
     from .zoo import load_model
 
-    return load_model(spec)
+    return load_model(spec, **(model_options(args) if args is not None else {}))
+
+
+def add_arch_options(p: argparse.ArgumentParser, input_shape: str | None = None,
+                     shape_note: str = "--input-shape is then required.") -> None:
+    """``--arch``, ``--arch-kwargs``, ``--mean``, ``--std`` (and ``--input-shape`` unless the
+    command has it already: pass its help text to add it)."""
+    import textwrap
+
+    about = ("--arch MODULE:CALLABLE names the code that builds the model (imported as `python -m` would: an "
+             "installed package or the current folder; MODULE:Class.method works too). The model argument is then "
+             "a weights file, loaded without unpickling and strictly: a state dict saved with "
+             "torch.save(model.state_dict(), path), or a dict holding one under 'state_dict', 'model_state_dict', "
+             "'model' or 'module' (.safetensors needs the safetensors package); or the word 'random' for the "
+             f"factory's own initialization (seeded; ./random for a file of that name). {shape_note}")
+    g = p.add_argument_group("your own architecture",
+                             textwrap.fill(about, 78) + f"\n\nExample:\n  {ARCH_EXAMPLE}")
+    g.add_argument("--arch", default=None, metavar="MODULE:CALLABLE",
+                   help="the factory (function or class) that builds the model, e.g. mypkg.nets:resnet18")
+    g.add_argument("--arch-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments for the factory, a JSON object, e.g. '{\"num_classes\": 10}'")
+    if input_shape is not None:
+        g.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N", help=input_shape)
+    g.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
+                   help="inputs are (pixel - mean) / std with pixels in [0, 1]: the mean, 1 value or one per channel "
+                   "(default: the model's own; 0 with --arch)")
+    g.add_argument("--std", type=float, nargs="+", default=None, metavar="S",
+                   help="the std, 1 value or one per channel (default: the model's own; 1 with --arch)")
 
 
 def _positive(kind: type = float):
@@ -172,8 +211,8 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
 
 
 def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[str]) -> int:
-    model, info = _load(model_spec)
-    input_shape = tuple(args.input_shape) if getattr(args, "input_shape", None) else tuple(info.input_shape)
+    model, info = _load(model_spec, args)
+    input_shape = tuple(info.input_shape)
     out: Path = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")  # created by the first file written
     burn_in = args.burn_in if args.burn_in is not None else args.steps // 4
     thin = args.thin or max(1, (args.steps - (burn_in if isinstance(burn_in, int) else args.steps // 2)) // 100)
@@ -193,6 +232,8 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
         callbacks=callbacks,
     )
     res.config["model_spec"] = model_spec
+    if getattr(args, "arch", None):
+        res.config["arch"], res.config["arch_kwargs"] = args.arch, info.meta.get("arch_kwargs", {})
     paths = {
         "grid (mean of each chain)": res.save_grid(out / "grid.png", display=args.display, **norm),
         "per-target mean": out / "targets.png",
@@ -235,18 +276,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_sampling(args, DEMO_MODEL, ["output:0-9"])
 
 
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> list[str]:
+    """Lines of a table whose every column is as wide as its widest cell (``right``: right-aligned
+    columns); columns are two spaces apart and trailing spaces are dropped."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                      for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in [header, *rows]]
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
-    model, info = _load(args.model)
-    input_shape = tuple(args.input_shape) if args.input_shape else tuple(info.input_shape)
+    model, info = _load(args.model, args)
+    input_shape = tuple(info.input_shape)
     from .guard import model_guard
 
     with model_guard(model):
         layers = probe_layers(model, input_shape)
-    print(f"{args.model}: input {list(input_shape)}")
-    print(f"{'layer':<28} {'type':<18} {'output shape':<20} {'units':>6}  target example")
+    arch = f" (--arch {args.arch})" if args.arch else ""
+    print(f"{args.model}{arch}: input {list(input_shape)}")
+    rows = []
     for name, li in layers.items():
         ex = f"{name}:0" + ("@" + ",".join(str(s // 2) for s in li.spatial) if li.spatial else "")
-        print(f"{name:<28} {li.kind:<18} {str(list(li.shape)):<20} {li.units:>6}  {ex}")
+        rows.append([name, li.kind, str(list(li.shape)), str(li.units), ex, str(getattr(li, "note", "") or "")])
+    for line in table(["layer", "type", "output shape", "units", "target example", "note"], rows, right=[3]):
+        print(line)
     return 0
 
 
@@ -277,11 +329,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token = token or new_token()
         print(f"ldam serve: WARNING: listening on {args.host}, reachable from other machines. Every request must "
               f"carry the token; share the URL below only with people you trust.", file=sys.stderr)
+    if args.arch and not args.model:
+        raise LdamError(f"--arch needs the weights files it builds (or 'random'), e.g. ldam serve weights.pt "
+                        f"--arch {args.arch} --input-shape 3 32 32")
     models = args.model or [DEMO_MODEL]
     cfg = ServerConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
                        max_fps=args.max_fps)
     try:
-        serve(models, cfg, with_data=not args.no_data)
+        serve(models, cfg, with_data=not args.no_data, **model_options(args))
     except KeyboardInterrupt:
         pass
     print("ldam serve: stopped", file=sys.stderr)
@@ -295,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(LDAM): log p(x) = (f(x) − Σ λ R(x)) / T.",
         epilog="Examples:\n  ldam serve                     # the live UI on http://127.0.0.1:8765/\n  ldam demo\n"
         "  ldam layers zoo:lenet-mnist\n"
+        f"  {ARCH_EXAMPLE}\n"
         "  ldam zoo\n  ldam sample --model zoo:lenet-mnist --target 'fc3:0-9' --chains 10 --steps 3000 --l2 1.0 --out runs/x",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -304,11 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample inputs for one or more neurons",
                        description="Sample inputs for one or more neurons and write a grid PNG, a GIF, "
                        "the per-target means and the results file.")
-    s.add_argument("--model", required=True, help="zoo:NAME (see `ldam layers`), or a checkpoint file")
+    s.add_argument("--model", required=True,
+                   help="zoo:NAME (see `ldam zoo`), a checkpoint file, or with --arch a weights file or 'random'")
     s.add_argument("--target", action="append", required=True,
                    help="LAYER:UNIT, LAYER:UNIT@Y,X, LAYER:A-B, LAYER:* or output:UNIT; repeat for more")
     s.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
-                   help="one example's shape, e.g. 1 28 28 (default: the model's own)")
+                   help="one example's shape, e.g. 1 28 28 (default: the model's own; required with --arch)")
+    add_arch_options(s)
     _add_sampling_options(s, steps=2000, chains=8, pixel_range=False)
     s.set_defaults(func=cmd_sample)
 
@@ -319,9 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     ly = sub.add_parser("layers", help="list every addressable layer with its output shape and units",
-                        description="List every layer a target can address, with output shape and unit count.")
-    ly.add_argument("model", help="zoo:NAME or a checkpoint file")
-    ly.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N")
+                        description="List every layer a target can address, with output shape and unit count.",
+                        epilog=f"Examples:\n  ldam layers zoo:lenet-mnist\n  {ARCH_EXAMPLE}\n"
+                        "  ldam layers random --arch torchvision.models:resnet18 --input-shape 3 224 224",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ly.add_argument("model", help="zoo:NAME, a checkpoint file, or with --arch a weights file or 'random'")
+    ly.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
+                    help="one example's shape, e.g. 3 224 224 (default: the model's own; required with --arch)")
+    add_arch_options(ly)
     ly.set_defaults(func=cmd_layers)
 
     from .web.server import DEFAULT_PORT
@@ -330,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the live sampler and activations pages. Each browser tab runs its own "
                        "sampler; sliders change temperature, step size, L2, discriminator weight and averaging "
                        "while the chains run. Binds 127.0.0.1 unless --allow-remote.")
-    w.add_argument("model", nargs="*", help=f"zoo:NAME or checkpoint files the browser may choose (default: {DEMO_MODEL})")
+    w.add_argument("model", nargs="*", help=f"zoo:NAME or checkpoint files the browser may choose (default: {DEMO_MODEL}); "
+                   "with --arch, weights files (or 'random') of that architecture")
     w.add_argument("--port", type=int, default=DEFAULT_PORT, help="(default: %(default)s)")
     w.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, this machine only)")
     w.add_argument("--allow-remote", action="store_true",
@@ -339,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-sessions", type=_positive(int), default=4, help="concurrent browser sessions (default: %(default)s)")
     w.add_argument("--max-fps", type=_positive(float), default=60.0, help="frames per second per session, at most (default: %(default)s)")
     w.add_argument("--no-data", action="store_true", help="do not load datasets (no discriminator, no dataset inputs)")
+    add_arch_options(w, input_shape="one example's shape, e.g. 3 32 32: required with --arch, which applies to every "
+                     "model file given here (zoo:NAME models keep their own)")
     w.set_defaults(func=cmd_serve)
 
     z = sub.add_parser("zoo", help="list the zoo's models with their inputs and test accuracies",
@@ -374,4 +440,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_arch_options", "model_options"]

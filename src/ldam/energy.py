@@ -94,7 +94,8 @@ class TotalVariation(Regularizer):
     ``R(x) = Σ_p ( Σ_k (x[p + e_k] − x[p])² + δ )^(β/2)``, summed over positions ``p`` and
     channels, with forward differences along each spatial axis ``k`` (Mahendran & Vedaldi's
     ``TV^β``). ``β = 1`` is edge-preserving TV; ``β = 2`` is a quadratic smoothness prior.
-    ``δ > 0`` keeps it differentiable, which MALA needs.
+    ``δ > 0`` keeps it differentiable, which MALA needs. An input of one axis, ``(L,)``, is a
+    one-channel signal: its differences run along that axis.
     """
 
     weight: float = 1.0
@@ -103,9 +104,9 @@ class TotalVariation(Regularizer):
     name: str = field(default="tv", init=False)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # [batch, L]: one channel
+            x = x.unsqueeze(1)
         spatial = x.dim() - 2
-        if spatial < 1:
-            return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         # Crop every difference to the common [.., n-1, ..] grid so they can be added.
         crop = tuple(slice(0, s - 1) for s in x.shape[2:])
         sq = torch.zeros_like(x[(slice(None), slice(None), *crop)])

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,12 +19,12 @@ from torch import nn
 from .burnin import AutoBurnIn, BurnIn, make_burn_in
 from .callbacks import Callback
 from .energy import L2, Energy, Regularizer
-from .errors import DivergenceError, LdamError, NonFiniteActivationError, ShapeError
+from .errors import DivergenceError, LdamError, NonFiniteActivationError, PrecisionNote, ShapeError
 from .guard import model_guard
 from .results import Result
-from .samplers import MALA, ChainNoise, Method, StepContext, chain_seeds, make_method
+from .samplers import ChainNoise, Method, Metropolis, StepContext, chain_seeds, make_method
 from .schedules import Schedule, evaluate
-from .targets import Target, TargetSet, probe_layers, resolve
+from .targets import Target, TargetSet, _model_device, _model_dtype, probe_layers, resolve
 
 
 @dataclass
@@ -78,6 +79,12 @@ class Sampler:
         init_scale: chains start at ``init_scale · N(0, I)``, or pass ``init`` (a tensor).
         keep_samples: store the kept states (the mean and EMA are kept either way).
         callbacks: :class:`~ldam.callbacks.Callback` values.
+        unit_axes: which axis holds the units of a layer, overriding the rule of
+            :mod:`ldam.targets`, e.g. ``{"blocks.0.mlp": "last"}``.
+
+    The chains are kept in the model's floating dtype (float32 or float64); for a bfloat16 or
+    float16 model they are kept in float32 and cast for each forward pass (a
+    :class:`PrecisionNote` warning says so).
     """
 
     def __init__(
@@ -100,6 +107,7 @@ class Sampler:
         keep_samples: bool = True,
         callbacks: Sequence[Callback] = (),
         check_every: int = 10,
+        unit_axes: Mapping[str, str | int] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -113,12 +121,19 @@ class Sampler:
         if not self.input_shape:
             raise ShapeError("input_shape must give at least one dimension, e.g. (1, 28, 28) or (2, 128)")
         self.model = model
-        p = next(iter(model.parameters()), None)
-        self.device = p.device if p is not None else torch.device("cpu")
-        self.dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        self.device = _model_device(model)
+        self.model_dtype = _model_dtype(model)
+        # Chains live in the model's dtype, except for half precision, where they stay in float32
+        # (small Langevin steps vanish in bfloat16's 8-bit mantissa) and are cast for each forward.
+        self.dtype = self.model_dtype if self.model_dtype in (torch.float32, torch.float64) else torch.float32
+        if self.dtype != self.model_dtype:
+            warnings.warn(
+                f"the model runs in {str(self.model_dtype).replace('torch.', '')}: the chains are kept in float32 "
+                "and cast to the model's dtype for each forward pass", PrecisionNote, stacklevel=2,
+            )
         with model_guard(model):
-            self.layers = probe_layers(model, self.input_shape, self.device)
-            self.target_set: TargetSet = resolve(model, targets, self.input_shape, chains, self.layers).to(self.device, self.dtype)
+            self.layers = probe_layers(model, self.input_shape, self.device, self.model_dtype, unit_axes)
+            self.target_set: TargetSet = resolve(model, targets, self.input_shape, chains, self.layers).to(self.device)
         self.targets = self.target_set.targets
         self.chains = chains
         self.energy = Energy(self.target_set, regularizers)
@@ -150,6 +165,8 @@ class Sampler:
             "ema_tau": ema_tau,
             "init_scale": init_scale,
             "model": type(model).__name__,
+            "model_dtype": str(self.model_dtype).replace("torch.", ""),
+            "chain_dtype": str(self.dtype).replace("torch.", ""),
             "model_sha256": model_fingerprint(model),
             "torch": torch.__version__,
         }
@@ -163,6 +180,7 @@ class Sampler:
         else:
             self.x = self.noise.initial() * init_scale
         self.energy.project_(self.x)
+        self._start_scale = float(self.x.abs().amax()) if self.x.numel() else 0.0
         self.t = 0
         self._act = torch.empty(max(64, 1), self.batch, dtype=self.dtype, device=self.device)
         self._act_base = 0  # step of self._act[0]; raised by forget_trace
@@ -285,7 +303,7 @@ class Sampler:
                 "from here on. Run longer, raise the step size, or give burn_in as a number of steps.",
                 stacklevel=3,
             )
-        if isinstance(self.method, MALA):
+        if isinstance(self.method, Metropolis):
             self.method.reset_counts()
         self._keep()
         if self.ema_tau is not None:
@@ -304,7 +322,8 @@ class Sampler:
             return
         acts = self._act[self._checked - self._act_base : self.t - self._act_base]
         big = self.x.abs().amax()
-        ok_x = bool(torch.isfinite(big)) and float(big) < 1e12
+        limit = self.divergence_limit(evaluate(self.temperature, max(0, self.t - 1), "temperature"))
+        ok_x = bool(torch.isfinite(big)) and float(big) < limit
         ok_f = bool(torch.isfinite(acts).all())
         if ok_x and ok_f:
             self._checked = self.t
@@ -328,14 +347,25 @@ class Sampler:
                 "sampler: check it for log/sqrt/division on values that can reach zero, or add a "
                 "Box constraint to keep inputs in range"
             )
-        l2 = sum(r.weight for r in self.energy.regularizers if isinstance(r, L2))
-        bound = f" For an L2 weight λ={l2:g}, SGLD is stable only when step_size < 4·T/λ = {4 * temp / l2:.3g}." if l2 else ""
+        l2 = sum(r.weight for r in self.energy.regularizers if isinstance(r, L2) and r.weight)
+        stable = getattr(self.method, "stable_step", None)
+        bound = stable(l2, temp) if stable is not None and l2 else None
         raise DivergenceError(
-            f"the chains diverged between steps {start} and {self.t} (inputs grew to "
-            f"{float(self.x.abs().amax()):.3g}): step_size {eps:g} is too large for this density at "
-            f"temperature {temp:g}.{bound} Try a smaller step size, e.g. --step-size {eps / 10:g}, "
-            "or method='mala', which rejects moves that overshoot"
+            method=self.method.name, step_size=eps, temperature=temp, l2=l2, bound=bound,
+            start=start, end=self.t, magnitude=float(self.x.abs().amax()), limit=limit,
+            prior=bool(l2) or bool(self.energy.boxes),
         )
+
+    def divergence_limit(self, temperature: float) -> float:
+        """``|x|`` beyond which the chains count as diverged: ``10⁴ · r``, with ``r`` the largest of
+        1, the starting states, the hard box's bounds and the L2 prior's spread ``√(T/λ)``."""
+        r = max(1.0, self._start_scale)
+        for b in self.energy.boxes:
+            r = max(r, float(torch.as_tensor(b.low).abs().max()), float(torch.as_tensor(b.high).abs().max()))
+        l2 = sum(reg.weight for reg in self.energy.regularizers if isinstance(reg, L2) and reg.weight)
+        if l2 > 0:
+            r = max(r, math.sqrt(temperature / l2))
+        return min(1e4 * r, 1e12)
 
     # ---- results -----------------------------------------------------------------------
     @property
@@ -382,7 +412,7 @@ class Sampler:
                 "is the final state. Run more steps or lower burn_in.",
                 stacklevel=2,
             )
-        acceptance = self.method.acceptance if isinstance(self.method, MALA) else None
+        acceptance = self.method.acceptance if isinstance(self.method, Metropolis) else None
         res = Result(
             targets=list(self.targets),
             chains=self.chains,
@@ -410,7 +440,7 @@ def sample(
     temperature: Schedule = 1.0,
     regularizers: Sequence[Regularizer] = (),
     method: str | Method = "sgld",
-    burn_in: int | str | BurnIn = 500,
+    burn_in: int | str | BurnIn | None = None,
     thin: int = 1,
     seed: int = 0,
     **options: Any,
@@ -419,11 +449,14 @@ def sample(
 
     Returns a :class:`~ldam.results.Result` with ``samples`` ``[n_targets·chains, n_kept, *shape]``,
     ``mean`` (of the kept samples) and ``activations`` ``[steps, n_targets·chains]``.
+    ``burn_in`` defaults to the first quarter of ``steps``, so any ``steps`` works.
     Further keyword options (``ema_tau``, ``init_scale``, ``init``, ``keep_samples``,
     ``callbacks``) are those of :class:`Sampler`.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if burn_in is None:
+        burn_in = steps // 4
     if isinstance(burn_in, int) and not isinstance(burn_in, bool) and burn_in >= steps:
         raise ValueError(f"burn_in ({burn_in}) must be smaller than steps ({steps}) or no sample is kept")
     if burn_in == "auto":

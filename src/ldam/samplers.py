@@ -5,7 +5,12 @@ Each method moves the chains ``x`` (in place) one step towards samples of
 
 ``SGLD``   ``x ← x + (ε/2) ∇log p(x) + √ε · ξ``                    (Welling & Teh 2011)
 ``MALA``   the SGLD move as a proposal, accepted with the Metropolis–Hastings ratio, so the
-           chain is exact for ``p`` at any ``ε``.
+           chain is exact for ``p`` at any ``ε``; at hard box walls the proposal is reflected
+           and the ratio uses the folded Gaussian's density.
+``PMALA``  MALA with a diagonal metric ``G`` (pSGLD's RMS preconditioner, learned while adapting,
+           then frozen): ``x' = x + (ε/2) G ∇log p + √(εG) ξ``, exact as MALA is.
+``HMC``    Hamiltonian Monte Carlo: a few leapfrog steps (mass ``G⁻¹``) per proposal, reflected
+           at hard walls, with the Metropolis correction.
 ``PSGLD``  ``x ← x + (ε/2) G ∇log p + √(ε G) · ξ`` with the RMSProp preconditioner
            ``G = 1 / (δ + √V)``, ``V ← α V + (1 − α) (∇log p)²``   (Li et al. 2016)
 ``Paper``  the authors' BIDMach update (PAPER.md §6): RMS-normalized activation gradient, noise
@@ -118,6 +123,11 @@ class Method:
     def stats(self) -> dict[str, float]:
         return {}
 
+    def stable_step(self, l2: float, temperature: float) -> float | None:
+        """The largest step size at which the update is stable on the quadratic part ``λ/2‖x‖²``
+        of the energy (``l2`` is ``λ``); ``None`` when there is no such bound or it is unknown."""
+        return None
+
 
 @dataclass
 class SGLD(Method):
@@ -141,31 +151,204 @@ class SGLD(Method):
         ctx.energy.project_(x)
         return f
 
+    def stable_step(self, l2: float, temperature: float) -> float | None:
+        """``x ← (1 − ελ/2T) x + …`` is stable iff ``|1 − ελ/2T| < 1``: ``ε < 4T/λ``."""
+        return 4 * temperature / l2 if l2 > 0 else None
+
+
+# ---- hard walls: reflection and the folded Gaussian proposal ---------------------------------
+
+
+def hard_bounds(energy: Energy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The intersection of the energy's hard boxes as ``(low, high)`` broadcasting against ``x``
+    (``None`` without a hard box)."""
+    boxes = energy.boxes
+    if not boxes:
+        return None
+    lo, hi = boxes[0].bounds(x)
+    for b in boxes[1:]:
+        lo_b, hi_b = b.bounds(x)
+        lo, hi = torch.maximum(lo, lo_b), torch.minimum(hi, hi_b)
+    if bool((lo >= hi).any()):
+        raise ValueError("the hard boxes do not intersect: no input satisfies all of them")
+    return lo, hi
+
+
+def fold(z: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reflect ``z`` into ``[lo, hi]`` at the walls (the fold of :meth:`ldam.Box.reflect_`).
+
+    Returns the folded point and, per coordinate, whether it was reflected an odd number of
+    times (HMC negates those momentum components). Coordinates already inside are returned
+    unchanged, bit for bit.
+    """
+    width = hi - lo
+    n = torch.floor((z - lo) / width)
+    r = (z - lo) - n * width
+    odd = torch.remainder(n, 2) == 1
+    y = torch.where(odd, hi - r, lo + r)
+    y = torch.maximum(torch.minimum(y, hi), lo)  # rounding
+    inside = (z >= lo) & (z <= hi)
+    return torch.where(inside, z, y), odd & ~inside
+
+
+#: Terms are kept until the omitted ones are below exp(−_TAIL) of the largest: negligible in float64.
+_TAIL = 40.0
+#: Up to this ratio std / width the five nearest images suffice (see :func:`_near_images_logpdf`).
+_NEAR_RATIO = math.sqrt(1.5 / _TAIL)
+#: Above this ratio the cosine series converges faster than the sum over images.
+_COSINE_RATIO = 0.5
+
+
+def _near_images_logpdf(y, m, s, lo, hi, w):
+    """The folded density for ``m ∈ [lo, hi]`` and ``s ≤ 0.19 W`` in closed form.
+
+    Relative to the direct term ``φ_s(y − m)``, the images ``2lo − y``, ``2hi − y`` and
+    ``y ± 2W`` weigh ``exp(−2(y−lo)(m−lo)/s²)``, ``exp(−2(hi−y)(hi−m)/s²)`` and
+    ``exp(−2W(W ± (y−m))/s²)``, all at most 1. Every other image lies at least ``2W`` from ``m``
+    while the direct one lies within ``W``, so each weighs less than ``exp(−1.5 W²/s²) ≤ e^−40``.
+    """
+    d = y - m
+    k = -2 / (s * s)
+    # Exponents are floored at −60 (a weight of 1e−26, nothing in log1p) so that exp never meets
+    # the subnormals, which are many times slower.
+    e = (k * (y - lo).clamp_min(0) * (m - lo)).clamp_min_(-60.0).exp_()
+    for z in ((hi - y).clamp_min(0) * (hi - m), w * (w + d), w * (w - d)):
+        e += z.mul_(k).clamp_min_(-60.0).exp_()
+    return e.log1p_().sub_((d / s).pow_(2).mul_(0.5)).sub_(s.log()).sub_(0.5 * math.log(2 * math.pi))
+
+
+def _images_logpdf(y, m, s, lo, hi, w):
+    """``log Σ_k [φ_s(y + 2kW − m) + φ_s(2lo − y + 2kW − m)]`` over the images nearest to ``m``.
+
+    With ``k_c`` the image nearest to ``m`` of each family (``|d| ≤ W``), the images ``k_c + j``,
+    ``|j| > K``, lie at least ``(2K+1)W`` from ``m``, while the nearest of all lies within ``W``; so
+    the omitted mass is below ``4·exp(−((2K+1)² − 1)W²/2s²)`` of the kept, and
+    ``(2K+1)² ≥ 1 + 2·_TAIL·(s/W)²`` makes it ``< 4e−40``.
+    """
+    ratio = float((s / w).max())
+    k = max(1, math.ceil((math.sqrt(1 + 2 * _TAIL * ratio * ratio) - 1) / 2))
+    two_w = 2 * w
+    k_direct = torch.round((m - y) / two_w)
+    k_mirror = torch.round((m - 2 * lo + y) / two_w)
+    j = torch.arange(-k, k + 1, dtype=y.dtype, device=y.device).view(-1, *([1] * y.dim()))
+    d = torch.cat([y + (k_direct + j) * two_w - m, 2 * lo - y + (k_mirror + j) * two_w - m])
+    return torch.logsumexp(-0.5 * (d / s).pow(2), 0) - s.log() - 0.5 * math.log(2 * math.pi)
+
+
+def _cosine_logpdf(y, m, s, lo, hi, w):
+    """The same density as its Fourier (cosine) series, which converges fast when ``s`` is not small:
+    ``(1/W)[1 + 2 Σ_n exp(−(nπs/W)²/2) cos(nπ(y−lo)/W) cos(nπ(m−lo)/W)]`` (the reflecting heat
+    kernel on ``[lo, hi]``). Terms stop once ``exp(−(nπs/W)²/2) < exp(−_TAIL)``."""
+    ratio = float((s / w).min())
+    n_max = max(1, math.ceil(math.sqrt(2 * _TAIL) / (math.pi * ratio)))
+    n = torch.arange(1, n_max + 1, dtype=y.dtype, device=y.device).view(-1, *([1] * y.dim()))
+    k = n * math.pi / w
+    series = (torch.exp(-0.5 * (k * s).pow(2)) * torch.cos(k * (y - lo)) * torch.cos(k * (m - lo))).sum(0)
+    return torch.log1p(2 * series) - w.log()
+
+
+def folded_normal_logpdf(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float,
+                         lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
+    """Per coordinate, the log density at ``y ∈ [lo, hi]`` of ``fold(mean + std·ξ)``: a Gaussian
+    proposal reflected into the box at its walls.
+
+    The fold maps every ``z = y + 2kW`` and ``z = 2·lo − y + 2kW`` (``W = hi − lo``, ``k ∈ ℤ``) to
+    ``y``, so ``q(y) = Σ_k [φ_s(y + 2kW − m) + φ_s(2lo − y + 2kW − m)]``. The sum is unchanged when
+    ``m`` is itself folded into the box (it is ``2W``-periodic and symmetric about ``lo`` in
+    ``m``), which is done first. Computed in float64: in closed form over the five nearest images
+    when ``s ≤ 0.19 W`` (the usual case), as a log-sum-exp over more images when
+    ``s ≤ W/2``, and as the equivalent cosine series beyond; each is truncated where the rest is
+    below ``e^−40`` of the total. Returns float64, broadcast over the inputs.
+    """
+    y, m, s, lo, hi = (torch.as_tensor(t, dtype=torch.float64, device=y.device) for t in (y, mean, std, lo, hi))
+    y, m, s, lo, hi = torch.broadcast_tensors(y, m, s, lo, hi)
+    w = hi - lo
+    m = fold(m, lo, hi)[0]
+    ratio = s / w
+    if bool((ratio <= _NEAR_RATIO).all()):
+        return _near_images_logpdf(y, m, s, lo, hi, w)
+    out = torch.empty_like(y)
+    near, far = ratio <= _NEAR_RATIO, ratio > _COSINE_RATIO
+    for mask, fn in ((near, _near_images_logpdf), (~near & ~far, _images_logpdf), (far, _cosine_logpdf)):
+        if bool(mask.any()):
+            out[mask] = fn(y[mask], m[mask], s[mask], lo[mask], hi[mask], w[mask])
+    return out
+
+
+class DiagonalMetric:
+    """A per-chain diagonal metric ``G`` learned as pSGLD's RMS preconditioner and frozen after.
+
+    ``V ← α V + (1 − α) g²`` (``g = ∇log p`` at the chain's state) while learning, then
+    ``G = 1 / (δ + √V)``, divided by its mean over the coordinates of each chain (so that the
+    step size keeps its meaning: ``ε`` is the mean proposal variance per coordinate) and clipped
+    to ``[1/max_ratio, max_ratio]``. A fixed ``G`` keeps the Metropolis chain exact.
+    """
+
+    def __init__(self, alpha: float, delta: float, max_ratio: float):
+        self.alpha, self.delta, self.max_ratio = alpha, delta, max_ratio
+        self.v: torch.Tensor | None = None
+        self.g: torch.Tensor | None = None
+
+    def __call__(self, grad: torch.Tensor, learn: bool) -> torch.Tensor:
+        if self.v is None or self.v.shape != grad.shape:
+            self.v, self.g = grad * grad, None
+        elif learn:
+            self.v.mul_(self.alpha).addcmul_(grad, grad, value=1 - self.alpha)
+            self.g = None
+        if self.g is None:
+            g = (self.v.sqrt() + self.delta).reciprocal_()
+            g.div_(g.flatten(1).mean(1).view(-1, *([1] * (g.dim() - 1))))
+            self.g = g.clamp_(1 / self.max_ratio, self.max_ratio)
+        return self.g
+
 
 @dataclass
-class MALA(Method):
-    """Metropolis-adjusted Langevin: exact for ``p`` at any step size.
+class Metropolis(Method):
+    """Base class of the exact methods: a proposal accepted with the Metropolis–Hastings ratio.
 
-    The SGLD move ``x' = x + (ε/2)∇log p(x) + √ε ξ`` is accepted with probability
-    ``min(1, p(x') q(x|x') / (p(x) q(x'|x)))``, ``q(b|a) = N(b; a + (ε/2)∇log p(a), ε I)``.
-    With ``adapt=True`` each chain's ε is scaled during burn-in by Robbins–Monro steps on
-    ``log ε`` towards the acceptance rate ``target_accept`` (0.574 is optimal for MALA).
+    Holds what MALA, pMALA and HMC share:
+
+    * **per-chain step size** ``ε_j = ε · exp(ℓ_j)``, adapted by Robbins–Monro steps on ``ℓ_j``,
+      ``ℓ ← ℓ + γ_n (a − target_accept)`` with ``a = min(1, e^{log α})`` the chain's acceptance
+      probability and ``γ_n = min(1, 2 (n+1)^−0.6)``, a diminishing rate. Adaptation runs while the
+      sampler's burn-in lasts *and* for the method's own first ``adapt_steps`` steps, so a
+      streaming sampler without burn-in adapts too; when it stops, ``ℓ`` is set to its running
+      average (weights ``n^−0.75``, as in Hoffman & Gelman's dual averaging) and frozen.
+      :meth:`restart_adaptation` starts a new window (after a change of ``T`` or ``ε``);
+    * **acceptance bookkeeping**: :attr:`acceptance` since the counts were last reset (at the
+      end of burn-in) and :attr:`recent_acceptance` over the last ``window`` proposals.
     """
 
     adapt: bool = True
     target_accept: float = 0.574
-    name = "mala"
-    _cache: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    adapt_steps: int = 500
+    window: int = 50
+    name = "metropolis"
     _log_scale: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _log_scale_avg: torch.Tensor | None = field(default=None, init=False, repr=False)
     _accepted: torch.Tensor | None = field(default=None, init=False, repr=False)
     _proposed: int = field(default=0, init=False, repr=False)
     _n_adapt: int = field(default=0, init=False, repr=False)
-
-    def reset(self) -> None:
-        self._cache = None
+    _was_adapting: bool = field(default=False, init=False, repr=False)
+    _recent: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _recent_n: int = field(default=0, init=False, repr=False)
 
     def reset_counts(self) -> None:
+        """Restart the acceptance count behind :attr:`acceptance` (the sampler does at burn-in)."""
         self._accepted, self._proposed = None, 0
+
+    def restart_adaptation(self, reset_scale: bool = False) -> None:
+        """Adapt again for the next ``adapt_steps`` steps at a fresh (large) rate, e.g. after the
+        temperature or the step size changed. The learned per-chain scales are the starting point
+        unless ``reset_scale``; a learned metric keeps learning from where it is."""
+        self._n_adapt = 0
+        if reset_scale:
+            self._log_scale = self._log_scale_avg = None
+
+    @property
+    def adapting(self) -> bool:
+        """Whether the method is inside its own adaptation window."""
+        return self.adapt and self._n_adapt < self.adapt_steps
 
     @property
     def acceptance(self) -> torch.Tensor | None:
@@ -174,52 +357,233 @@ class MALA(Method):
             return None
         return self._accepted / self._proposed
 
+    @property
+    def recent_acceptance(self) -> torch.Tensor | None:
+        """Per-chain acceptance rate over the last ``window`` proposals (fewer at the start)."""
+        if self._recent is None or self._recent_n == 0:
+            return None
+        return self._recent[: min(self._recent_n, self.window)].mean(0)
+
     def step_scale(self) -> torch.Tensor | None:
+        """The per-chain factor on the sampler's step size learned by adaptation."""
         return None if self._log_scale is None else self._log_scale.exp()
+
+    def stable_step(self, l2: float, temperature: float) -> float | None:
+        return None  # an overshooting proposal is rejected, never followed
+
+    def stats(self) -> dict[str, float]:
+        a = self.acceptance
+        return {} if a is None else {"acceptance": float(a.mean())}
+
+    # ---- for subclasses ----
+    def _begin(self, ctx: StepContext, b: int, device: torch.device) -> tuple[bool, torch.Tensor]:
+        """Whether this step adapts, and the per-chain step sizes ``ε_j`` (float64, ``[b]``)."""
+        if self._log_scale is None or self._log_scale.shape[0] != b:
+            self._log_scale = torch.zeros(b, dtype=torch.float64, device=device)
+            self._log_scale_avg = self._log_scale.clone()
+        adapting = self.adapt and (ctx.adapting or self._n_adapt < self.adapt_steps)
+        if self._was_adapting and not adapting and self._log_scale_avg is not None:
+            self._log_scale.copy_(self._log_scale_avg)
+        self._was_adapting = adapting
+        return adapting, ctx.step_size * self._log_scale.exp()
+
+    def _finish(self, accept: torch.Tensor, log_alpha: torch.Tensor, adapting: bool) -> None:
+        acc = accept.to(torch.float64)
+        self._accepted = acc if self._accepted is None else self._accepted + acc
+        self._proposed += 1
+        b = acc.shape[0]
+        if self._recent is None or self._recent.shape != (self.window, b):
+            self._recent, self._recent_n = torch.zeros(self.window, b, dtype=torch.float64, device=acc.device), 0
+        self._recent[self._recent_n % self.window] = acc
+        self._recent_n += 1
+        if adapting:
+            assert self._log_scale is not None and self._log_scale_avg is not None
+            self._n_adapt += 1
+            n = self._n_adapt
+            prob = log_alpha.clamp(max=0).exp()
+            self._log_scale += min(1.0, 2.0 * (1 + n) ** -0.6) * (prob - self.target_accept)
+            self._log_scale_avg.lerp_(self._log_scale, n ** -0.75)
+
+
+def _log_alpha(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x.double(), nan=-math.inf, posinf=-math.inf)
+
+
+@dataclass
+class MALA(Metropolis):
+    """Metropolis-adjusted Langevin: exact for ``p`` at any step size.
+
+    The SGLD move ``x' = x + (ε/2)∇log p(x) + √ε ξ`` is accepted with probability
+    ``min(1, p(x') q(x|x') / (p(x) q(x'|x)))``, ``q(b|a) = N(b; a + (ε/2)∇log p(a), ε I)``.
+    With a hard :class:`~ldam.Box` the proposal is reflected into the box at its walls and ``q``
+    is the folded Gaussian (:func:`folded_normal_logpdf`), so every proposal is a valid state
+    and the chain stays exact for ``p`` restricted to the box. Each chain's ε is adapted towards
+    the acceptance rate ``target_accept`` (0.574 is optimal for MALA); see :class:`Metropolis`.
+    """
+
+    name = "mala"
+    _cache: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+
+    def reset(self) -> None:
+        self._cache = None
+
+    def _metric(self, g: torch.Tensor, learn: bool) -> torch.Tensor | None:
+        return None
 
     def step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         energy, T = ctx.energy, ctx.temperature
         a = energy.activation_scale
         b = x.shape[0]
         view = (b,) + (1,) * (x.dim() - 1)
-        if self._log_scale is None or self._log_scale.shape[0] != b:
-            self._log_scale = torch.zeros(b, dtype=torch.float64, device=x.device)
-        eps = (ctx.step_size * self._log_scale.exp()).to(x.dtype)
+        adapting, eps = self._begin(ctx, b, x.device)
+        eps = eps.to(x.dtype)
         if self._cache is None:
             self._cache = energy.activation(x)
         f, gf = self._cache
         pv, gp = energy.prior(x)
         logp = log_prob(f, pv, T, a)
         g = grad_log_prob(gf, gp, T, a)
+        metric = self._metric(g, adapting)
         xi = ctx.noise.normal()
-        prop = x + (eps / 2).view(view) * g + eps.sqrt().view(view) * xi
+        bounds = hard_bounds(energy, x)
+        if metric is None:
+            mean = x + (eps / 2).view(view) * g
+            std = eps.sqrt().view(view)
+        else:
+            mean = x + (eps / 2).view(view) * metric * g
+            std = (eps.view(view) * metric).sqrt()
+        prop = mean + std * xi
+        if bounds is not None:
+            prop = fold(prop, *bounds)[0]
         f2, gf2 = energy.activation(prop)
         pv2, gp2 = energy.prior(prop)
         logp2 = log_prob(f2, pv2, T, a)
         g2 = grad_log_prob(gf2, gp2, T, a)
-        back = x - prop - (eps / 2).view(view) * g2
-        log_q_back = -back.flatten(1).pow(2).sum(1) / (2 * eps)
-        log_q_fwd = -0.5 * xi.flatten(1).pow(2).sum(1)
-        log_alpha = (logp2 - logp + log_q_back - log_q_fwd).double()
-        log_alpha = torch.nan_to_num(log_alpha, nan=-math.inf, posinf=-math.inf)
-        inside = energy.inside(prop)
-        if inside is not None:
-            log_alpha = torch.where(inside, log_alpha, torch.full_like(log_alpha, -math.inf))
+        drift2 = (eps / 2).view(view) * (g2 if metric is None else metric * g2)
+        if bounds is not None:
+            log_q_fwd = folded_normal_logpdf(prop, mean, std, *bounds).flatten(1).sum(1)
+            log_q_back = folded_normal_logpdf(x, prop + drift2, std, *bounds).flatten(1).sum(1)
+        elif metric is None:
+            back = x - prop - drift2
+            log_q_back = -back.flatten(1).pow(2).sum(1) / (2 * eps)
+            log_q_fwd = -0.5 * xi.flatten(1).pow(2).sum(1)
+        else:  # the normalizers of N(·, εG) cancel: G is the same both ways
+            back = (x - prop - drift2) / std
+            log_q_back = -0.5 * back.flatten(1).pow(2).sum(1)
+            log_q_fwd = -0.5 * xi.flatten(1).pow(2).sum(1)
+        log_alpha = _log_alpha(logp2 - logp + log_q_back - log_q_fwd)
         accept = ctx.noise.uniform().log() < log_alpha
         x.copy_(torch.where(accept.view(view), prop, x))
         self._cache = (torch.where(accept, f2, f), torch.where(accept.view(view), gf2, gf))
-        acc = accept.to(torch.float64)
-        self._accepted = acc if self._accepted is None else self._accepted + acc
-        self._proposed += 1
-        if self.adapt and ctx.adapting:
-            self._n_adapt += 1
-            rate = min(1.0, 2.0 * (1 + self._n_adapt) ** -0.6)
-            self._log_scale += rate * (acc - self.target_accept)
+        self._finish(accept, log_alpha, adapting)
         return f
 
-    def stats(self) -> dict[str, float]:
-        a = self.acceptance
-        return {} if a is None else {"acceptance": float(a.mean())}
+
+@dataclass
+class PMALA(MALA):
+    """Preconditioned MALA: ``x' = x + (ε/2) G ∇log p(x) + √(εG) ξ``, accepted by Metropolis–Hastings
+    with the matching Gaussian densities (per-coordinate variance ``εG``; folded at hard walls).
+
+    ``G`` is a per-chain :class:`DiagonalMetric` (pSGLD's RMS preconditioner normalized to mean 1),
+    learned during adaptation and frozen afterwards, so the kept chain is exact. With
+    ``adapt=False`` nothing adapts: ``G`` is the RMS metric of the first state's gradient.
+    """
+
+    alpha: float = 0.99
+    delta: float = 1e-5
+    max_ratio: float = 100.0
+    name = "pmala"
+    _rms: DiagonalMetric | None = field(default=None, init=False, repr=False)
+
+    @property
+    def preconditioner(self) -> torch.Tensor | None:
+        """The current diagonal metric ``G`` per chain (``None`` before the first step)."""
+        return None if self._rms is None else self._rms.g
+
+    def _metric(self, g: torch.Tensor, learn: bool) -> torch.Tensor:
+        if self._rms is None:
+            self._rms = DiagonalMetric(self.alpha, self.delta, self.max_ratio)
+        return self._rms(g, learn)
+
+
+@dataclass
+class HMC(Metropolis):
+    """Hamiltonian Monte Carlo: ``leapfrog`` steps per proposal and a Metropolis correction.
+
+    Momentum ``p ~ N(0, G⁻¹)`` (mass matrix ``M = G⁻¹``, ``G`` the learned :class:`DiagonalMetric`
+    when ``metric=True``, else ``I``), leapfrog step ``h = √ε`` (so one leapfrog step is exactly
+    the MALA proposal), accepted with ``min(1, exp(H(x, p) − H(x', p')))``,
+    ``H = −log p(x) + ½ pᵀ G p``. At a hard wall the position is reflected and that momentum
+    component negated (Neal 2011, §5.5.1.5): volume preserving and reversible, so the usual
+    acceptance stays exact. One sampler step costs ``leapfrog`` forward and backward passes.
+    """
+
+    target_accept: float = 0.7
+    leapfrog: int = 5
+    metric: bool = True
+    alpha: float = 0.99
+    delta: float = 1e-5
+    max_ratio: float = 100.0
+    name = "hmc"
+    _cache: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _rms: DiagonalMetric | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.leapfrog < 1:
+            raise ValueError(f"HMC needs leapfrog >= 1 steps per proposal, got {self.leapfrog}")
+
+    def reset(self) -> None:
+        self._cache = None
+
+    def step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        energy, T = ctx.energy, ctx.temperature
+        a = energy.activation_scale
+        b = x.shape[0]
+        view = (b,) + (1,) * (x.dim() - 1)
+        adapting, eps = self._begin(ctx, b, x.device)
+        h = eps.sqrt().to(x.dtype).view(view)
+        if self._cache is None:
+            self._cache = energy.activation(x)
+        f, gf = self._cache
+        pv, gp = energy.prior(x)
+        logp = log_prob(f, pv, T, a)
+        g = grad_log_prob(gf, gp, T, a)
+        metric = None
+        if self.metric:
+            if self._rms is None:
+                self._rms = DiagonalMetric(self.alpha, self.delta, self.max_ratio)
+            metric = self._rms(g, adapting)
+        xi = ctx.noise.normal()
+        p = xi / metric.sqrt() if metric is not None else xi.clone()
+        kinetic = 0.5 * xi.double().flatten(1).pow(2).sum(1)
+        bounds = hard_bounds(energy, x)
+        q = x.clone()
+        p.add_(h / 2 * g)
+        f2 = gf2 = pv2 = None
+        for i in range(self.leapfrog):
+            q.add_(h * p if metric is None else h * metric * p)
+            if bounds is not None:
+                q, odd = fold(q, *bounds)
+                p = torch.where(odd, -p, p)
+            last = i == self.leapfrog - 1
+            f2, gf2 = energy.activation(q)
+            pv2, gp2 = energy.prior(q, with_value=last)
+            p.add_((h / 2 if last else h) * grad_log_prob(gf2, gp2, T, a))
+        assert f2 is not None and gf2 is not None
+        logp2 = log_prob(f2, pv2, T, a)
+        pd = p.double()
+        kinetic2 = 0.5 * (pd.pow(2) if metric is None else pd.pow(2) * metric.double()).flatten(1).sum(1)
+        log_alpha = _log_alpha(logp2.double() - kinetic2 - logp.double() + kinetic)
+        accept = ctx.noise.uniform().log() < log_alpha
+        x.copy_(torch.where(accept.view(view), q, x))
+        self._cache = (torch.where(accept, f2, f), torch.where(accept.view(view), gf2, gf))
+        self._finish(accept, log_alpha, adapting)
+        return f
+
+    @property
+    def preconditioner(self) -> torch.Tensor | None:
+        """The current diagonal metric ``G`` (the inverse mass) per chain, if one is learned."""
+        return None if self._rms is None else self._rms.g
 
 
 @dataclass
@@ -263,6 +627,14 @@ class PSGLD(Method):
         x.addcmul_(precond, g, value=eps / 2).addcmul_(root, ctx.noise.normal(), value=math.sqrt(eps))
         ctx.energy.project_(x)
         return f
+
+    def stable_step(self, l2: float, temperature: float) -> float | None:
+        """Per coordinate ``x ← (1 − εGλ/2T) x + …``: stable iff ``ε < 4T/(λ·max G)`` with the current
+        preconditioner ``G`` (``None`` before the first step, when there is none yet)."""
+        if l2 <= 0 or self._v is None:
+            return None
+        g_max = float(self._g[0].max()) if self._g is not None else 1.0 / (float(self._v.sqrt().min()) + self.delta)
+        return 4 * temperature / (l2 * g_max)
 
 
 @dataclass
@@ -313,12 +685,25 @@ class Paper(Method):
             torch.maximum(torch.minimum(x, hi), lo, out=x)
         return f
 
+    def stable_step(self, l2: float, temperature: float) -> float | None:
+        """On ``λ/2‖x‖²`` the update is linear: ``m' = μm − (1−μ)(2λ/s)x``, ``x' = x + sηm'``, a
+        matrix with trace ``1 + μ − c`` and determinant ``μ`` (``c = 2ηλ(1−μ)``). By the Jury
+        criterion its eigenvalues lie inside the unit circle iff ``0 < c < 2(1 + μ)`` (for
+        ``0 ≤ μ < 1``): ``η < (1 + μ) / (λ(1 − μ))``, whatever ``s`` and the noise level ``T``."""
+        if l2 <= 0:
+            return None
+        if self.momentum >= 1:
+            return 0.0
+        return (1 + self.momentum) / (l2 * (1 - self.momentum))
 
-METHODS: dict[str, type[Method]] = {"sgld": SGLD, "mala": MALA, "psgld": PSGLD, "paper": Paper}
+
+METHODS: dict[str, type[Method]] = {"sgld": SGLD, "mala": MALA, "pmala": PMALA, "hmc": HMC, "psgld": PSGLD,
+                                     "paper": Paper}
 
 
 def make_method(method: str | Method) -> Method:
-    """A method value from its name (``"sgld"``, ``"mala"``, ``"psgld"``, ``"paper"``) or as given."""
+    """A method value from its name (``"sgld"``, ``"mala"``, ``"pmala"``, ``"hmc"``, ``"psgld"``,
+    ``"paper"``) or as given."""
     if isinstance(method, Method):
         return method
     try:

@@ -344,14 +344,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    model, info = load_model(args.model)
+    from .cli import model_options
+
+    opts = model_options(args)
+    dataset = getattr(args, "dataset", None)
+    if opts["arch"] and dataset is None:
+        raise LdamError(f"ldam eval --arch needs the test set: add --dataset {'|'.join(DATASETS)} (and --mean/--std if "
+                        "the model expects normalized pixels)")
+    if opts["arch"] and not opts["input_shape"]:
+        opts["input_shape"] = DATASETS[dataset].input_shape  # the test images' shape
+    model, info = load_model(args.model, dataset=dataset, **opts)
     if info.dataset not in DATASETS:
         raise LdamError(f"{args.model} was trained on {info.dataset or 'an unknown dataset'}, which ldam cannot "
-                        f"evaluate on here (it has {', '.join(DATASETS)}); for the ImageNet model, "
-                        "experiments/imagenet.py prints its top-5 on sample photos")
-    d = load_dataset(info.dataset)
-    acc = evaluate(model, d["x_test"], d["y_test"])
-    print(f"{args.model} on the {info.dataset} test set ({len(d['y_test'])} images)")
+                        f"evaluate on here (it has {', '.join(DATASETS)}; choose one with --dataset); for the "
+                        "ImageNet model, experiments/imagenet.py prints its top-5 on sample photos")
+    spec = DATASETS[info.dataset]
+    if tuple(info.input_shape) != tuple(spec.input_shape):
+        raise LdamError(f"the {info.dataset} test images have shape {list(spec.input_shape)} but the model's inputs "
+                        f"have shape {list(info.input_shape)}; pass the dataset the model was trained on")
+    images, labels = spec.load("test")
+    x = normalize(images, info.mean, info.std)  # the model's own preprocessing: (pixel − mean) / std
+    try:
+        with torch.no_grad():
+            out = model.eval()(x[:2])
+    except Exception as e:  # noqa: BLE001 - reported with its cause
+        raise LdamError(f"{args.model} rejects the {info.dataset} test images {list(x.shape[1:])}: {type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0][:200]}; pass the dataset the model was trained on") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] < len(spec.class_names):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise LdamError(f"ldam eval needs class scores of shape [N, {len(spec.class_names)}] from the model; "
+                        f"{args.model} returns {got}")
+    acc = evaluate(model, x, labels)
+    norm = "" if not opts["arch"] and opts["mean"] is None and opts["std"] is None else \
+        f", inputs (pixel - {list(info.mean)}) / {list(info.std)}"
+    print(f"{args.model} on the {info.dataset} test set ({len(labels)} images{norm})")
     print(f"accuracy: {acc:.4f}")
     return 0
 
@@ -387,6 +413,15 @@ def add_subcommands(sub: Any) -> None:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="print a model's test accuracy", description="Print a model's test accuracy; "
-                       "the last line is 'accuracy: 0.XXXX'.")
-    e.add_argument("model", help="zoo:NAME or a checkpoint file")
+                       "the last line is 'accuracy: 0.XXXX'.",
+                       epilog="Examples:\n  ldam eval zoo:lenet-mnist\n  ldam eval weights.pt --arch mypkg.nets:Net "
+                       "--arch-kwargs '{\"width\": 32}' --dataset mnist --mean 0.1307 --std 0.3081",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("model", help="zoo:NAME, a checkpoint file, or with --arch a weights file")
+    e.add_argument("--dataset", choices=list(DATASETS), default=None,
+                   help="the test set (default: the model's own; required with --arch)")
+    from .cli import add_arch_options
+
+    add_arch_options(e, input_shape="one example's shape (default: the model's own; with --arch, the dataset's)",
+                     shape_note="--dataset is then required.")
     e.set_defaults(func=cmd_eval)

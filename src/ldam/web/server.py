@@ -262,15 +262,30 @@ async def _dispatch(msg: Any, session: LiveSession, entries: dict[str, ModelEntr
         publish(await asyncio.to_thread(top_images, entries[msg.model], msg.layer, msg.unit))
 
 
-def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = None, with_data: bool = True) -> None:
-    """Serve ``models`` (``zoo:NAME``/checkpoint specs, or ready :class:`ModelEntry` values) until Ctrl-C."""
+def load_entries(models: list[str], with_data: bool = True, **options: Any) -> dict[str, ModelEntry]:
+    """The entries ``ldam serve MODEL...`` offers. ``options`` go to :func:`ldam.zoo.load_model`;
+    with ``arch`` they describe the model files only (``zoo:NAME`` entries keep their own)."""
+    def for_spec(spec: str) -> dict[str, Any]:
+        if options.get("arch") and spec.startswith("zoo:"):
+            return {}
+        return {k: v for k, v in options.items() if v is not None}
+
+    return {spec: ModelEntry.load(spec, with_data=with_data, **for_spec(spec)) for spec in models}
+
+
+def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = None, with_data: bool = True,
+          **options: Any) -> None:
+    """Serve ``models`` (``zoo:NAME``/checkpoint specs, or ready :class:`ModelEntry` values) until Ctrl-C.
+
+    ``options`` (``arch``, ``arch_kwargs``, ``input_shape``, ``mean``, ``std``) describe the model
+    files given by spec; see :func:`load_entries`."""
     import uvicorn
 
     cfg = cfg or ServerConfig()
     if isinstance(models, dict):
         entries = dict(models)
     else:
-        entries = {spec: ModelEntry.load(spec, with_data=with_data) for spec in models}
+        entries = load_entries(models, with_data=with_data, **options)
     app = create_app(entries, cfg)
     token = f"?token={cfg.token}" if cfg.token else ""
     for name, e in entries.items():
@@ -326,4 +341,4 @@ class BackgroundServer:
         self.thread.join(10)
 
 
-__all__ = ["create_app", "serve", "ServerConfig", "BackgroundServer", "is_loopback", "DEFAULT_PORT"]
+__all__ = ["create_app", "serve", "load_entries", "ServerConfig", "BackgroundServer", "is_loopback", "DEFAULT_PORT"]

@@ -30,8 +30,7 @@ from ..guard import model_guard
 from ..render import display_array, grid, grid_array, to_image
 from ..sampler import Sampler
 from ..samplers import MALA
-from ..analysis import layer_activations
-from ..targets import probe_layers
+from ..targets import capture, probe_layers
 from ..zoo import ModelInfo
 
 #: Starting knobs per dataset (those of the CLI and the reproductions in experiments/).
@@ -106,10 +105,12 @@ class ModelEntry:
         return entry
 
     @classmethod
-    def load(cls, spec: str, with_data: bool = True) -> "ModelEntry":
+    def load(cls, spec: str, with_data: bool = True, **options: Any) -> "ModelEntry":
+        """``zoo:NAME`` or a checkpoint file; ``options`` go to :func:`ldam.zoo.load_model`
+        (``arch="pkg.mod:factory"``, ``arch_kwargs``, ``input_shape``, ``mean``, ``std``)."""
         from ..zoo import load_model
 
-        model, info = load_model(spec)
+        model, info = load_model(spec, **options)
         with model_guard(model):
             layers = probe_layers(model, info.input_shape)
         entry = cls(spec, model, info, layers)
@@ -157,7 +158,7 @@ class ModelEntry:
             "name": self.name,
             "input_shape": list(self.info.input_shape),
             "layers": [{"name": n, "kind": li.kind, "shape": list(li.shape), "units": li.units}
-                       for n, li in self.layers.items()],
+                       for n, li in self.layers.items() if li.addressable],
             "classes": names if names is None or len(names) <= 20 else None,
             "all_outputs": self.layers.get("output") is not None and self.layers["output"].units <= 20,
             "discriminator": self.has_data,
@@ -175,9 +176,10 @@ class ModelEntry:
 
     def unit_maps(self, layer: str, x: torch.Tensor) -> torch.Tensor:
         """``layer``'s output for ``x`` as ``[N, units, positions]`` (the shared model, one caller at a time)."""
-        with self._lock:
-            out = layer_activations(self.model, layer, x, batch_size=250)
-        return out.view(len(x), self.layers[layer].units, -1)
+        li = self.layers[layer]
+        with self._lock, model_guard(self.model):
+            out = capture(self.model, [li], x.to(li.dtype), batch_size=250)[layer]
+        return li.to_units(out).float()
 
     def unit_scores(self, layer: str) -> torch.Tensor:
         """Each test image's activation of every unit of ``layer`` (spatial mean), ``[N, units]``."""
@@ -461,8 +463,8 @@ def activation_maps(entry: ModelEntry, layer: str, x: torch.Tensor, max_units: i
     logits = entry.unit_maps("output", x.unsqueeze(0))[0, :, 0]
     li = entry.layers[layer]
     units = min(out.shape[0], max_units)
-    spatial = li.shape[1:] if len(li.shape) == 3 else (1, 1)
-    maps = out[:units].reshape(units, *spatial) if len(li.shape) == 3 else out[:units].reshape(units, 1, 1)
+    spatial = li.spatial if len(li.spatial) == 2 else (1, 1)
+    maps = out[:units].reshape(units, *spatial) if len(li.spatial) == 2 else out[:units].reshape(units, 1, 1)
     peak = float(maps.abs().max()) or 1.0
     a = np.clip(np.rint(maps.double().numpy() / peak * 127 + 128), 0, 255).astype(np.uint8)
     tile = max(1, 32 // max(spatial)) if max(spatial) < 32 else 1

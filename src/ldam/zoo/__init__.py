@@ -5,7 +5,8 @@ pixels in [0, 1]), its class names, and its weights, which the project's own ``l
 produced (recipe and measured accuracy in ``weights/NAME.json``).
 
 Checkpoints are loaded safely: ``torch.load(weights_only=True)`` of a state dict plus the
-name of an architecture from :data:`ARCHITECTURES`; no arbitrary object is ever unpickled.
+name of an architecture from :data:`ARCHITECTURES`, or plus ``arch="pkg.mod:factory"``, code the
+user names (:mod:`ldam.zoo.arch`); no arbitrary object is ever unpickled.
 """
 
 from __future__ import annotations
@@ -168,14 +169,19 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the cause is reported
+        from .arch import load_error
+
         raise CheckpointError(
-            f"cannot load {path} safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}). ldam only loads "
-            "weights-only checkpoints: {'arch': NAME, 'state_dict': ..., 'meta': {...}}"
+            f"cannot load {path} safely ({load_error(e)}). ldam only loads "
+            "weights-only checkpoints: {'arch': NAME, 'state_dict': ..., 'meta': {...}}, or, with --arch "
+            "MODULE:FACTORY naming the code that builds the model, a state dict. A whole pickled model is never "
+            "loaded: save its weights with torch.save(model.state_dict(), path) and pass --arch"
         ) from None
     if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
         raise CheckpointError(
             f"{path} is not an ldam checkpoint: expected a dict with 'arch' (one of {', '.join(ARCHITECTURES)}) "
-            "and 'state_dict'; save one with ldam.zoo.save_checkpoint(model, arch, path)"
+            "and 'state_dict'; save one with ldam.zoo.save_checkpoint(model, arch, path). For a state dict of "
+            "another architecture, pass --arch MODULE:FACTORY (the code that builds it) and --input-shape"
         )
     model = build(str(blob["arch"]))
     _load_state(model, blob["state_dict"], path)
@@ -188,11 +194,31 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     return model.eval(), info
 
 
-def load_model(spec: str) -> tuple[nn.Module, ModelInfo]:
-    """``zoo:NAME`` or a checkpoint path."""
-    if spec.startswith("zoo:"):
-        return load(spec[4:])
-    return load_checkpoint(spec)
+def load_model(spec: str, *, arch: str | None = None, arch_kwargs: dict[str, Any] | str | None = None,
+               input_shape: tuple[int, ...] | list[int] | None = None, mean: tuple[float, ...] | None = None,
+               std: tuple[float, ...] | None = None, dataset: str | None = None) -> tuple[nn.Module, ModelInfo]:
+    """``zoo:NAME`` or a checkpoint path; with ``arch="pkg.mod:factory"``, a weights file (or
+    ``"random"``) for the model that factory builds (see :mod:`ldam.zoo.arch`).
+
+    ``input_shape``, ``mean``, ``std`` and ``dataset``, where given, replace what the model's own
+    description says (with ``arch`` they are its only description; ``input_shape`` is required).
+    """
+    if arch is not None:
+        from .arch import load_arch_model
+
+        return load_arch_model(spec, arch, arch_kwargs, input_shape=input_shape, mean=mean, std=std, dataset=dataset)
+    if arch_kwargs:
+        raise LdamError("--arch-kwargs needs --arch MODULE:CALLABLE, the factory they are passed to")
+    if spec == "random":
+        raise LdamError("'random' needs --arch MODULE:CALLABLE, the code that builds the model to initialize")
+    model, info = load(spec[4:]) if spec.startswith("zoo:") else load_checkpoint(spec)
+    if input_shape or mean is not None or std is not None or dataset is not None:
+        from .arch import normalization
+
+        shape = tuple(int(n) for n in input_shape) if input_shape else tuple(info.input_shape)
+        m, s = normalization(shape, mean, std, default=(tuple(info.mean), tuple(info.std)))
+        info = replace(info, input_shape=shape, mean=m, std=s, dataset=dataset or info.dataset)
+    return model, info
 
 
 __all__ = ["ARCHITECTURES", "ModelInfo", "names", "entry", "weights_file", "load", "load_model", "load_checkpoint",
