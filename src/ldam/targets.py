@@ -267,20 +267,22 @@ def _unit_axis(shape: tuple[int, ...], layout: str) -> int | None:
 
 
 def _own_layout(mod: nn.Module, out: torch.Tensor) -> str | None:
-    """The layout a module with its own parameters gives its output (``None``: undecided)."""
+    """The layout a module with its own parameters gives its output (``None``: undecided).
+
+    A feature-sized parameter indexes features by its last axis (Linear-like: weight ``[out,
+    in]``, bias ``[out]``) or by its first (conv-like: weight ``[C, ...]``). When the shapes
+    do not decide (say ``C = H = W``), the module's type does.
+    """
+    own = [p for p in mod.parameters(recurse=False) if p.dim() >= 1]
+    if own and out.dim() >= 3:
+        last = any(p.shape[-1] == out.shape[-1] for p in own)
+        first = any(p.shape[0] == out.shape[1] for p in own)
+        if last != first:
+            return "last" if last else "channels"
     if isinstance(mod, CHANNEL_TYPES):
         return "channels"
     if isinstance(mod, LAST_AXIS_TYPES):
         return "last"
-    own = list(mod.parameters(recurse=False))
-    if not own or out.dim() < 3:
-        return None
-    sizes = {d for p in own for d in p.shape}
-    first, last = out.shape[1] in sizes, out.shape[-1] in sizes
-    if last and not first:
-        return "last"
-    if first and not last:
-        return "channels"
     return None
 
 
@@ -301,8 +303,7 @@ class _Probe:
         layouts: dict[int, tuple[str, torch.Tensor]] = {}  # id(tensor) → layout (tensor kept alive)
         inner: dict[int, tuple[str, int]] = {}  # id(module) → last parametrized descendant's (layout, size)
         stack: list[int] = []
-        if track:
-            self.layouts: dict[tuple[int, int], str] = {}
+        self._recent: tuple[str, int] | None = None  # the last parametrized module's (layout, size)
 
         def pre(mod, _args):
             stack.append(id(mod))
@@ -311,20 +312,22 @@ class _Probe:
             key = id(mod)
             if stack and stack[-1] == key:
                 stack.pop()
-            k = len(calls.setdefault(key, []))
-            calls[key].append(out)
+            calls.setdefault(key, []).append(out)
             if not track:
                 return
             self._note_grad(out)
-            if not isinstance(out, torch.Tensor):
-                return
-            layout = self._layout(mod, out, list(args) + list(kwargs.values()), layouts, inner.get(key))
-            layouts[id(out)] = (layout, out)
-            self.layouts[(key, k)] = layout
-            if list(mod.parameters(recurse=False)) and out.dim() >= 3:
-                size = out.shape[-1] if layout == "last" else out.shape[1]
-                for anc in stack:
-                    inner[anc] = (layout, size)
+            inputs = list(args) + list(kwargs.values())
+            own = bool(list(mod.parameters(recurse=False)))
+            for v in [out] + [item for _, item in (_items(out) or [])]:
+                if not isinstance(v, torch.Tensor) or id(v) in layouts:
+                    continue
+                layout = self._layout(mod, v, inputs, layouts, inner.get(key), self._recent)
+                layouts[id(v)] = (layout, v)
+                if own and v.dim() >= 3:
+                    size = v.shape[-1] if layout == "last" else v.shape[1]
+                    self._recent = (layout, size)
+                    for anc in stack:
+                        inner[anc] = (layout, size)
 
         if track:
             self.grad: dict[int, bool] = {}
@@ -339,8 +342,6 @@ class _Probe:
                 h.remove()
         if track:
             self._note_grad(out)
-            if isinstance(out, torch.Tensor):
-                self.out_layout = layouts.get(id(out), ("channels", None))[0]
             self.value_layouts = {k: v[0] for k, v in layouts.items()}
             self._alive = layouts  # keeps the ids above unique until the probe ends
         return calls, out
@@ -352,19 +353,28 @@ class _Probe:
                 self.grad[id(v)] = v.requires_grad
 
     @staticmethod
-    def _layout(mod, out, inputs, layouts, inner) -> str:
+    def _layout(mod, out, inputs, layouts, inner, recent) -> str:
+        """The unit layout of ``out``, a value ``mod`` returned: the first rule that decides wins."""
         if id(out) in layouts:  # returned as given (identity, in place, a container's last child)
             return layouts[id(out)][0]
         own = _own_layout(mod, out)
         if own is not None:
             return own
-        for t in inputs:
-            if isinstance(t, torch.Tensor) and t.shape == out.shape and id(t) in layouts:
-                return layouts[id(t)][0]
-        if inner is not None and out.dim() >= 3:
-            layout, size = inner
-            if layout == "last" and out.shape[-1] == size:
-                return "last"
+        if out.dim() < 3:
+            return "channels"
+        for rule in (inner, "inputs", recent):
+            if rule == "inputs":
+                for t in inputs:
+                    if isinstance(t, torch.Tensor) and t.shape == out.shape and id(t) in layouts:
+                        return layouts[id(t)][0]
+            elif rule is not None:
+                # the features of the last parametrized module inside (or, failing that, before)
+                layout, size = rule
+                first, last = out.shape[1] == size, out.shape[-1] == size
+                if first != last:
+                    return "last" if last else "channels"
+                if first:
+                    return layout
         return "channels"
 
 
@@ -421,7 +431,9 @@ def probe_layers(
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    layouts = probe.layouts
+    def layout_of(v: Any) -> str:
+        return probe.value_layouts.get(id(v), "channels") if isinstance(v, torch.Tensor) else "channels"
+
     unit_axes = dict(unit_axes or {})
     layers: dict[str, LayerInfo] = {}
 
@@ -450,7 +462,7 @@ def probe_layers(
         layers[name] = LayerInfo(name, kind, (), None, where["calls"], why, where.get("alias_of"), dtype,
                                  where["module"], where["call"], where["select"])
         for (k, v), sname in zip(tensors, sub):
-            lay = probe.value_layouts.get(id(v), "channels")
+            lay = layout_of(v)
             add(sname, kind, v, items3.get(k), layout=lay, module=where["module"], call=where["call"],
                 select=where["select"] + (k,), calls=where["calls"], alias_of=where.get("alias_of"))
 
@@ -463,7 +475,7 @@ def probe_layers(
         for i, name in enumerate(names):
             alias = names[0] if i else None
             if n == 1:
-                add_value(name, kind, outs[0], outs3[0] if outs3 else None, layouts.get((key, 0), "channels"),
+                add_value(name, kind, outs[0], outs3[0] if outs3 else None, layout_of(outs[0]),
                           module=names[0], call=None, select=(), calls=1, alias_of=alias)
                 continue
             calls_list = ", ".join(f"{name}#{k}" for k in range(min(n, 3))) + (f" ... {name}#{n - 1}" if n > 3 else "")
@@ -474,14 +486,14 @@ def probe_layers(
             )
             for k in range(n):
                 add_value(f"{name}#{k}", kind, outs[k], outs3[k] if k < len(outs3) else None,
-                          layouts.get((key, k), "channels"), module=names[0], call=k, select=(), calls=n,
+                          layout_of(outs[k]), module=names[0], call=k, select=(), calls=n,
                           alias_of=None if alias is None else f"{alias}#{k}")
 
     # The model's own output: the tensor, or the default tensor of a container.
     default = _default_output(out2)
     if isinstance(out2, torch.Tensor):
         add(OUTPUT, "output", out2, out3, module=None, call=None, select=(), calls=1,
-            layout=getattr(probe, "out_layout", "channels"))
+            layout=layout_of(out2))
     else:
         add_value(OUTPUT + "*", "output", out2, out3, "channels", module=None, call=None, select=(), calls=1)
         container = layers.pop(OUTPUT + "*")
