@@ -28,6 +28,19 @@ class Net(nn.Module):
         return cls(**config)
 
 
+class Twice(nn.Module):
+    """Calls ``act`` twice per forward: ``act`` alone is ambiguous, ``act#0`` and ``act#1`` are targets."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(self.act(x))))
+
+
 def make(width: int = 8, classes: int = 10, channels: int = 1) -> Net:
     return Net(width, classes, channels)
 

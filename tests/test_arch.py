@@ -99,11 +99,23 @@ def test_the_table_stays_aligned_with_names_longer_than_40_characters(capsys):
     assert header.rstrip().endswith("note")  # the last column, filled where ldam has something to say
 
 
+def test_the_last_column_is_the_layer_note(capsys):
+    assert main(["layers", "random", "--arch", "arch_fixtures:Twice", "--input-shape", "4"]) == 0
+    _, _, rows = parse_table(capsys.readouterr().out)
+    from ldam.targets import LayerInfo
+
+    if not hasattr(LayerInfo, "note"):
+        pytest.skip("this ldam.targets has no layer notes")
+    assert rows["act"]["note"] and rows["act"]["target example"] == "-"  # called twice: not a target by itself
+    assert rows["a"]["note"] == "" and rows["a"]["target example"] == "a:0"
+
+
 def test_a_saved_state_dict_loads_bit_for_bit(tmp_path):
     torch.manual_seed(1)
     original = arch_fixtures.make(width=6).eval()
-    for name, blob in [("plain.pt", original.state_dict()), ("wrapped.pt", {"model": original.state_dict(), "epoch": 3}),
-                       ("dp.pt", {f"module.{k}": v for k, v in original.state_dict().items()})]:
+    sd = original.state_dict()
+    for name, blob in [("plain.pt", sd), ("wrapped.pt", {"model": sd, "epoch": 3}),
+                       ("dp.pt", {f"module.{k}": v for k, v in sd.items()})]:  # DataParallel's prefix
         torch.save(blob, tmp_path / name)
         model, info = load_model(str(tmp_path / name), arch="arch_fixtures:make", arch_kwargs='{"width": 6}',
                                  input_shape=(1, 28, 28))
@@ -151,10 +163,12 @@ def test_mean_and_std_set_the_pixel_range(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["random", "--arch", "no_such_module_xyz:make", *SHAPE],
      r"cannot import module 'no_such_module_xyz' \(ModuleNotFoundError: No module named 'no_such_module_xyz'\)"),
-    (["random", "--arch", "arch_fixtures:mkae", *SHAPE], r"module 'arch_fixtures' has no attribute 'mkae'\. Did you mean make\?"),
+    (["random", "--arch", "arch_fixtures:mkae", *SHAPE],
+     r"module 'arch_fixtures' has no attribute 'mkae'\. Did you mean make\?"),
     (["random", "--arch", "arch_fixtures:Net.from_confg", *SHAPE],
      r"'arch_fixtures:Net' has no attribute 'from_confg'\. Did you mean from_config\?"),
-    (["random", "--arch", "arch_fixtures:CONSTANT", *SHAPE], r"arch_fixtures:CONSTANT is not callable \(it is of type int\)"),
+    (["random", "--arch", "arch_fixtures:CONSTANT", *SHAPE],
+     r"arch_fixtures:CONSTANT is not callable \(it is of type int\)"),
     (["random", "--arch", "arch_fixtures:not_a_module", *SHAPE], r"returned a builtins\.dict, not a torch\.nn\.Module"),
     (["random", "--arch", "arch_fixtures:broken", *SHAPE], r"raised RuntimeError: the factory failed on purpose"),
     (["random", "--arch", "arch_fixtures", *SHAPE], r"--arch expects MODULE:CALLABLE"),
@@ -184,7 +198,8 @@ def test_state_dict_mismatches_name_the_keys(tmp_path, capsys):
     assert "missing keys: fc.bias; unexpected keys: extra.weight" in err and "Check --arch and --arch-kwargs" in err
     torch.save(arch_fixtures.make(width=4).state_dict(), tmp_path / "w4.pt")
     assert main(["layers", str(tmp_path / "w4.pt"), *ARCH, *SHAPE]) == 2
-    assert "shape mismatch: conv1.weight is [4, 1, 3, 3] in the file but [8, 1, 3, 3] in the model" in one_line_error(capsys)
+    err = one_line_error(capsys)
+    assert "shape mismatch: conv1.weight is [4, 1, 3, 3] in the file but [8, 1, 3, 3] in the model" in err
     assert main(["layers", str(tmp_path / "w4.pt"), *ARCH, "--arch-kwargs", '{"width": 4}', *SHAPE]) == 0
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "nodict.pt")
     assert main(["layers", str(tmp_path / "nodict.pt"), *ARCH, *SHAPE]) == 2
@@ -295,13 +310,24 @@ def test_serve_passes_arch_to_the_loader_and_offers_only_the_named_models(tmp_pa
     assert "--arch needs the weights files it builds" in one_line_error(capsys)
 
 
-def test_help_shows_the_arch_options_with_an_example():
-    from ldam.cli import build_parser
-
+def test_help_shows_the_arch_options_with_an_example(capsys):
+    example = ("ldam layers weights.pt --arch mypkg.nets:resnet18 --arch-kwargs '{\"num_classes\": 10}' "
+               "--input-shape 3 224 224")
     for cmd in ("layers", "sample", "serve", "eval"):
-        sub = build_parser()._subparsers._group_actions[0].choices[cmd]  # type: ignore[union-attr]
-        text = sub.format_help()
-        assert "--arch MODULE:CALLABLE" in text and "--arch-kwargs JSON" in text and "--input-shape" in text
-        assert "--mean" in text and "--std" in text
-    text = build_parser()._subparsers._group_actions[0].choices["layers"].format_help()  # type: ignore[union-attr]
-    assert "ldam layers weights.pt --arch mypkg.nets:resnet18 --arch-kwargs '{\"num_classes\": 10}' --input-shape 3 224 224" in text
+        with pytest.raises(SystemExit) as exit_:
+            main([cmd, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        for flag in ("--arch MODULE:CALLABLE", "--arch-kwargs JSON", "--input-shape", "--mean", "--std"):
+            assert flag in text, (cmd, flag)
+        if cmd == "layers":
+            assert example in text
+
+
+def test_safetensors_weights_load_when_the_package_is_installed(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(3)
+    original = arch_fixtures.make().eval()
+    st.save_file(original.state_dict(), str(tmp_path / "w.safetensors"))
+    model, _ = load_model(str(tmp_path / "w.safetensors"), arch="arch_fixtures:make", input_shape=(1, 28, 28))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in original.state_dict().items())

@@ -296,6 +296,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
     rows = []
     for name, li in layers.items():
         ex = f"{name}:0" + ("@" + ",".join(str(s // 2) for s in li.spatial) if li.spatial else "")
+        if not getattr(li, "addressable", True):
+            ex = "-"
         rows.append([name, li.kind, str(list(li.shape)), str(li.units), ex, str(getattr(li, "note", "") or "")])
     for line in table(["layer", "type", "output shape", "units", "target example", "note"], rows, right=[3]):
         print(line)
@@ -393,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the live sampler and activations pages. Each browser tab runs its own "
                        "sampler; sliders change temperature, step size, L2, discriminator weight and averaging "
                        "while the chains run. Binds 127.0.0.1 unless --allow-remote.")
-    w.add_argument("model", nargs="*", help=f"zoo:NAME or checkpoint files the browser may choose (default: {DEMO_MODEL}); "
-                   "with --arch, weights files (or 'random') of that architecture")
+    w.add_argument("model", nargs="*", help=f"zoo:NAME or checkpoint files the browser may choose "
+                   f"(default: {DEMO_MODEL}); with --arch, weights files (or 'random') of that architecture")
     w.add_argument("--port", type=int, default=DEFAULT_PORT, help="(default: %(default)s)")
     w.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, this machine only)")
     w.add_argument("--allow-remote", action="store_true",
@@ -434,6 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ldam: interrupted; the model is unchanged", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ldam layers BIG | head`: the reader has gone, which is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -100,8 +100,8 @@ def resolve(arch: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
         where = f"{where}.{part}" if where != module.strip() else f"{where}:{part}"
     if not callable(obj):
-        raise ArchError(f"--arch {arch}: {where} is not callable (it is of type {type(obj).__name__}); name a function or class "
-                        "that returns a torch.nn.Module")
+        raise ArchError(f"--arch {arch}: {where} is not callable (it is of type {type(obj).__name__}); name a "
+                        "function or class that returns a torch.nn.Module")
     return obj
 
 
@@ -201,7 +201,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, ar
     if unexpected:
         problems.append(f"unexpected keys: {_names(unexpected)}")
     if shapes:
-        problems.append("shape mismatch: " + "; ".join(shapes[:4]) + (f" (+{len(shapes) - 4} more)" if len(shapes) > 4 else ""))
+        more = f" (+{len(shapes) - 4} more)" if len(shapes) > 4 else ""
+        problems.append("shape mismatch: " + "; ".join(shapes[:4]) + more)
     if not problems:
         try:
             model.load_state_dict(state, strict=True)
@@ -242,7 +243,8 @@ def load_arch_model(spec: str, arch: str, arch_kwargs: Mapping[str, Any] | str |
     from . import ModelInfo
 
     if spec.startswith("zoo:"):
-        raise ArchError(f"--arch applies to weights files and '{RANDOM}'; {spec} has its own architecture (drop --arch)")
+        raise ArchError(f"--arch applies to weights files and '{RANDOM}'; {spec} has its own architecture "
+                        "(drop --arch)")
     if not input_shape:
         raise ArchError(f"a model built by --arch needs its input shape: pass --input-shape, the shape of one "
                         "example without the batch dimension, e.g. --input-shape 3 224 224")
