@@ -437,3 +437,14 @@ def test_sample_defaults_work_for_any_number_of_steps():
         res = ldam.sample(linear(), "output:0", input_shape=(4,), steps=steps)
         assert res.burn_in == steps // 4
         assert res.samples.shape[1] == steps - steps // 4
+
+
+def test_the_cli_spells_the_divergence_fix_as_flags(tmp_path, capsys):
+    from ldam.cli import main
+
+    rc = main(["sample", "--model", "zoo:lenet-mnist", "--target", "output:0", "--chains", "2", "--steps", "60",
+               "--step-size", "500", "--l2", "1", "--quiet", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("ldam: error: the chains diverged")
+    assert "--step-size" in err and "step_size=" not in err
+    assert "--method mala" in err and 'method="mala"' not in err

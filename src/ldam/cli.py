@@ -428,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LdamError as e:
-        print(f"ldam: error: {e}", file=sys.stderr)
+        text = e.cli_message() if hasattr(e, "cli_message") else str(e)  # flags, not Python keywords
+        print(f"ldam: error: {text}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"ldam: error: {e}", file=sys.stderr)
