@@ -81,6 +81,9 @@ class Sampler:
         callbacks: :class:`~ldam.callbacks.Callback` values.
         unit_axes: which axis holds the units of a layer, overriding the rule of
             :mod:`ldam.targets`, e.g. ``{"blocks.0.mlp": "last"}``.
+        amp: ``"bf16"`` (or ``"fp16"``) runs the model's forward and backward under autocast;
+            the chain state, the noise, the regularizers and Metropolis tests stay in the
+            chains' dtype. ``None`` (the default) runs the model in its own dtype.
 
     The chains are kept in the model's floating dtype (float32 or float64); for a bfloat16 or
     float16 model they are kept in float32 and cast for each forward pass (a
@@ -108,6 +111,7 @@ class Sampler:
         callbacks: Sequence[Callback] = (),
         check_every: int = 10,
         unit_axes: Mapping[str, str | int] | None = None,
+        amp: str | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -133,7 +137,8 @@ class Sampler:
             )
         with model_guard(model):
             self.layers = probe_layers(model, self.input_shape, self.device, self.model_dtype, unit_axes)
-            self.target_set: TargetSet = resolve(model, targets, self.input_shape, chains, self.layers).to(self.device)
+            self.target_set: TargetSet = resolve(model, targets, self.input_shape, chains, self.layers,
+                                                 amp=amp).to(self.device)
         self.targets = self.target_set.targets
         self.chains = chains
         self.energy = Energy(self.target_set, regularizers)
@@ -167,6 +172,7 @@ class Sampler:
             "model": type(model).__name__,
             "model_dtype": str(self.model_dtype).replace("torch.", ""),
             "chain_dtype": str(self.dtype).replace("torch.", ""),
+            "amp": amp,
             "model_sha256": model_fingerprint(model),
             "torch": torch.__version__,
         }

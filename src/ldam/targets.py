@@ -744,8 +744,9 @@ class TargetSet:
     """
 
     def __init__(self, model: nn.Module, targets: Sequence[Target], layers: Mapping[str, LayerInfo], chains: int,
-                 model_dtype: torch.dtype | None = None):
+                 model_dtype: torch.dtype | None = None, amp: str | None = None):
         self.model = model
+        self.amp = _amp_dtype(amp)
         self.targets = list(targets)
         self.layers = dict(layers)
         self.chains = chains
@@ -842,17 +843,26 @@ class TargetSet:
                 (g,) = torch.autograd.grad(f.sum(), xr)
                 return f.detach().to(x.dtype), g
             names = list(self._seeds)
-            (g,) = torch.autograd.grad([captured[n] for n in names], xr, [self._seeds[n] for n in names])
+            outs = [captured[n] for n in names]
+            seeds = [self._seeds[n] if o.dtype == self._seeds[n].dtype else self._seeds[n].to(o.dtype)
+                     for n, o in zip(names, outs)]  # under autocast a layer may come out in bfloat16
+            (g,) = torch.autograd.grad(outs, xr, seeds)
         with torch.no_grad():
             return self._read(captured).to(x.dtype), g
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.tap.forward(x if x.dtype == self.model_dtype else x.to(self.model_dtype))
+        x = x if x.dtype == self.model_dtype else x.to(self.model_dtype)
+        if self.amp is None:
+            return self.tap.forward(x)
+        with torch.autocast(device_type=x.device.type, dtype=self.amp):
+            return self.tap.forward(x)
 
     def _read(self, captured: dict[str, torch.Tensor]) -> torch.Tensor:
         f = None
         for name, rows, flat, use_mean in self._readers:
             a = self.layers[name].to_units(captured[name])
+            if a.dtype != self.model_dtype:
+                a = a.to(self.model_dtype)
             a = a.mean(2) if use_mean else a.flatten(1)
             if rows is None:
                 f = a.gather(1, flat).squeeze(1)
@@ -865,6 +875,17 @@ class TargetSet:
         return f
 
 
+_AMP = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def _amp_dtype(amp: str | None) -> torch.dtype | None:
+    if amp is None or amp is False or amp == "off":
+        return None
+    if amp not in _AMP:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    return _AMP[amp]
+
+
 def resolve(
     model: nn.Module,
     targets: str | Target | Iterable[str | Target],
@@ -872,15 +893,20 @@ def resolve(
     chains: int = 1,
     layers: Mapping[str, LayerInfo] | None = None,
     unit_axes: Mapping[str, str | int] | None = None,
+    amp: str | None = None,
 ) -> TargetSet:
-    """Check target strings against ``model`` and expand ranges into a :class:`TargetSet`."""
+    """Check target strings against ``model`` and expand ranges into a :class:`TargetSet`.
+
+    ``amp="bf16"`` (or ``"fp16"``) runs the model's forward and backward under autocast; ``f``
+    and ``∇f`` come back in the chains' dtype.
+    """
     specs = _as_specs(targets)
     if layers is None:
         layers = probe_layers(model, input_shape, unit_axes=unit_axes)
     expanded: list[Target] = []
     for s in specs:
         expanded.extend(_expand(s, layers, model))
-    return TargetSet(model, expanded, layers, chains)
+    return TargetSet(model, expanded, layers, chains, amp=amp)
 
 
 __all__ = ["Target", "LayerInfo", "TargetSet", "Tap", "capture", "probe_layers", "resolve", "parse"]
