@@ -11,7 +11,7 @@ from models import LinearNeuron, SmallConvNet
 W = torch.linspace(-1.5, 1.5, 16).reshape(1, 4, 4)
 
 
-def run(amp, steps=3000, burn_in=500, T=1.0, lam=2.0):
+def run(amp, steps=6000, burn_in=1000, T=1.0, lam=2.0):
     return ldam.sample(LinearNeuron(W), "output:0", input_shape=(1, 4, 4), chains=64, steps=steps,
                        step_size=0.02 * T / lam, temperature=T, regularizers=[ldam.L2(lam)], burn_in=burn_in,
                        seed=0, amp=amp)
