@@ -448,3 +448,12 @@ def test_the_cli_spells_the_divergence_fix_as_flags(tmp_path, capsys):
     assert rc == 2 and err.startswith("ldam: error: the chains diverged")
     assert "--step-size" in err and "step_size=" not in err
     assert "--method mala" in err and 'method="mala"' not in err
+
+
+@pytest.mark.parametrize("shape,beta", [((3, 10), 1.0), ((2, 3, 6, 7), 1.0), ((2, 2, 9), 2.0), ((2, 1, 4, 5, 3), 1.5)])
+def test_total_variation_closed_form_gradient_equals_autograd(shape, beta):
+    x = torch.randn(*shape, dtype=torch.float64)
+    tv = ldam.TotalVariation(1.0, beta=beta, delta=1e-3)
+    xr = x.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(tv.value(xr).sum(), xr)
+    torch.testing.assert_close(tv.grad(x), want, rtol=1e-10, atol=1e-12)

@@ -114,6 +114,28 @@ class TotalVariation(Regularizer):
             sq = sq + x.diff(dim=2 + k)[(slice(None), slice(None), *crop)].pow(2)
         return (sq + self.delta).pow(self.beta / 2).flatten(1).sum(1)
 
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        """Closed form: with ``d_k(p) = x[p + e_k] − x[p]`` and ``c_k(p) = β s(p)^(β/2 − 1) d_k(p)``,
+        ``s = Σ_k d_k² + δ``, each ``c_k(p)`` adds to ``x[p + e_k]`` and subtracts from ``x[p]``."""
+        flat = x.dim() == 2
+        if flat:
+            x = x.unsqueeze(1)
+        spatial = x.dim() - 2
+        crop = tuple(slice(0, s - 1) for s in x.shape[2:])
+        lead = (slice(None), slice(None))
+        diffs = [x.diff(dim=2 + k)[lead + crop] for k in range(spatial)]
+        sq = diffs[0].pow(2)
+        for d in diffs[1:]:
+            sq = sq + d.pow(2)
+        w = (sq + self.delta).pow(self.beta / 2 - 1).mul_(self.beta)
+        g = torch.zeros_like(x)
+        for k, d in enumerate(diffs):
+            c = w * d
+            g[lead + crop] -= c
+            shifted = tuple(slice(1, s) if j == k else slice(0, s - 1) for j, s in enumerate(x.shape[2:]))
+            g[lead + shifted] += c
+        return g.squeeze(1) if flat else g
+
 
 @dataclass
 class Box(Regularizer):
@@ -149,7 +171,7 @@ class Box(Regularizer):
         return lo, hi
 
     def _layout(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key = (x.dtype, x.device, x.dim(), repr(self.low), repr(self.high))
+        key = (x.dtype, x.device, x.dim(), id(self.low), id(self.high))  # new bounds are new objects
         cache = self.__dict__.setdefault("_bounds", {})
         if key not in cache:
             shape = (1, -1) + (1,) * (x.dim() - 2)

@@ -860,14 +860,18 @@ class TargetSet:
     def _read(self, captured: dict[str, torch.Tensor]) -> torch.Tensor:
         f = None
         for name, rows, flat, use_mean in self._readers:
-            a = self.layers[name].to_units(captured[name])
+            a = self.layers[name].to_units(captured[name])  # [B, units, positions]
             if a.dtype != self.model_dtype:
                 a = a.to(self.model_dtype)
-            a = a.mean(2) if use_mean else a.flatten(1)
-            if rows is None:
-                f = a.gather(1, flat).squeeze(1)
+            if rows is not None:
+                a = a.index_select(0, rows)
+            if use_mean:  # gather each row's unit first, then average its positions
+                vals = a.gather(1, flat.unsqueeze(2).expand(-1, -1, a.shape[2])).mean(2).squeeze(1)
             else:
-                vals = a.index_select(0, rows).gather(1, flat).squeeze(1)
+                vals = a.flatten(1).gather(1, flat).squeeze(1)
+            if rows is None:
+                f = vals
+            else:
                 f = (torch.zeros(self.batch, dtype=vals.dtype, device=vals.device) if f is None else f).index_put(
                     (rows,), vals, accumulate=True
                 )
