@@ -125,3 +125,17 @@ def test_bad_checkpoints(tmp_path):
     torch.save(zoo.LeNet5().state_dict(), p)
     with pytest.raises(CheckpointError, match="not an ldam checkpoint"):
         zoo.load_checkpoint(p)
+
+
+def test_resnet50_has_the_published_parameter_count_and_reuses_its_relu():
+    """25,557,032 parameters: the count published for torchvision's resnet50."""
+    from ldam.guard import model_guard
+
+    import ldam
+
+    m = zoo.build("resnet50").eval()
+    assert sum(p.numel() for p in m.parameters()) == 25_557_032
+    with model_guard(m):
+        layers = ldam.probe_layers(m, (3, 32, 32))
+    assert layers["layer1.0.relu"].calls == 3 and not layers["layer1.0.relu"].addressable
+    assert layers["layer4.2.relu#2"].shape == (2048, 1, 1) and layers["output"].shape == (1000,)

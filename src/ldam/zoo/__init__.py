@@ -25,6 +25,7 @@ from ..data.cifar10 import CLASSES as CIFAR10_CLASSES
 from ..errors import CheckpointError, LdamError
 from . import efficientnet
 from .lenet import LeNet5
+from .resnet import ResNet50
 from .small import MLP, SmallCNN
 from .vgg import VGGCifar
 
@@ -32,7 +33,7 @@ WEIGHTS = Path(__file__).parent / "weights"
 
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "lenet5": LeNet5, "vgg-cifar": VGGCifar, "efficientnet-lite0": efficientnet.efficientnet_lite0,
-    "mlp": MLP, "cnn-cifar": SmallCNN,
+    "mlp": MLP, "cnn-cifar": SmallCNN, "resnet50": ResNet50,
 }
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -153,11 +154,13 @@ def load(name: str) -> tuple[nn.Module, ModelInfo]:
 
 
 def save_checkpoint(model: nn.Module, arch: str, path: str | Path, info: ModelInfo | None = None) -> Path:
-    """Write ``{"arch", "state_dict", "meta"}``, the format :func:`load_checkpoint` reads."""
+    """Write ``{"arch", "state_dict", "meta"}``, the format :func:`load_checkpoint` reads (CPU tensors,
+    wherever the model is)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = info.to_meta() if info is not None else {}
-    torch.save({"arch": arch, "state_dict": model.state_dict(), "meta": meta}, path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"arch": arch, "state_dict": state, "meta": meta}, path)
     return path
 
 
