@@ -7,9 +7,10 @@
    a deeper net (a VGG-style CIFAR net), same batch. Target: >= 5x cheaper.
 
 The two timings of each pair alternate in short blocks, so drifts in machine load hit both;
-the reported ratio is the median over blocks.
+the reported ratio is the median over blocks. On a GPU (``--device``, default auto: a GPU when there
+is one) every timed block ends with a synchronize, so queued work is counted.
 
-    python benchmarks/bench_step.py [--blocks 15] [--steps 40]
+    python benchmarks/bench_step.py [--blocks 15] [--steps 40] [--device auto|cpu|cuda|cuda:N|mps]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 
 import ldam
 import ldam.zoo
+from ldam.device import CHOICES, resolve_device, synchronize
 
 
 def bare_step(model: nn.Module, x: torch.Tensor) -> None:
@@ -30,7 +32,8 @@ def bare_step(model: nn.Module, x: torch.Tensor) -> None:
     torch.autograd.grad(model(xr).sum(), xr)
 
 
-def interleaved(base, others, blocks: int, steps: int) -> tuple[float, list[float], list[float]]:
+def interleaved(base, others, blocks: int, steps: int, device: torch.device = torch.device("cpu")
+                ) -> tuple[float, list[float], list[float]]:
     """Run ``base`` and each of ``others`` in turn, ``steps`` calls each, ``blocks`` times.
 
     Returns the median seconds per call of ``base``, of each other, and the median over
@@ -38,13 +41,17 @@ def interleaved(base, others, blocks: int, steps: int) -> tuple[float, list[floa
     """
     tb, to, ratios = [], [[] for _ in others], [[] for _ in others]
     for _ in range(blocks):
+        synchronize(device)
         t0 = time.perf_counter()
         base(steps)
+        synchronize(device)
         t_base = time.perf_counter() - t0
         tb.append(t_base / steps)
         for i, fn in enumerate(others):
+            synchronize(device)
             t0 = time.perf_counter()
             fn(steps)
+            synchronize(device)
             t = time.perf_counter() - t0
             to[i].append(t / steps)
             ratios[i].append(t / t_base)
@@ -71,10 +78,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--blocks", type=int, default=15)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--device", default="auto", metavar="{" + ",".join(CHOICES) + "}",
+                   help="where to run: auto takes a GPU when there is one, else the CPU (default: %(default)s)")
     a = p.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    try:
+        dev = resolve_device(a.device)
+    except ldam.LdamError as e:
+        raise SystemExit(f"bench_step.py: error: {e}") from None
+    where = f"{torch.get_num_threads()} threads" if dev.type == "cpu" else str(dev)
+    print(f"torch {torch.__version__}, {where}")
 
     model, info = ldam.zoo.load("lenet-mnist")
+    model = model.to(dev)
     sampler = ldam.Sampler(model, "output:0-9", info.input_shape, chains=10, step_size=0.004, temperature=0.02,
                            regularizers=[ldam.L2(0.3)], burn_in=0, ema_tau=200)
     x = sampler.x.clone()
@@ -87,19 +102,19 @@ def main() -> None:
             xs.add_(g, alpha=0.1).add_(torch.randn(x.shape, out=noise), alpha=0.06)
 
     bare(20), sampler.run(20), minimal_sgld(20)
-    tb, (ts, tm), (r, rm) = interleaved(bare, [sampler.run, minimal_sgld], a.blocks, a.steps)
+    tb, (ts, tm), (r, rm) = interleaved(bare, [sampler.run, minimal_sgld], a.blocks, a.steps, dev)
     print(f"[1] LeNet, 100 chains (10 targets x 10): bare forward+backward {tb * 1e3:.2f} ms, "
           f"ldam sampler step {ts * 1e3:.2f} ms, minimal hand-written SGLD step {tm * 1e3:.2f} ms")
     print(f"    ldam step / bare forward+backward = {r:.3f} (target <= 1.05); "
           f"minimal SGLD / bare = {rm:.3f}; ldam / minimal = {r / rm:.3f}")
 
     torch.manual_seed(0)
-    deep = VGGish().eval()
+    deep = VGGish().eval().to(dev)
     s1 = ldam.Sampler(deep, "features.0:5@16,16", (3, 32, 32), chains=64, regularizers=[ldam.L2(1.0)], burn_in=0)
     x = s1.x.clone()
     full = lambda n: [bare_step(deep, x) for _ in range(n)]  # noqa: E731
     full(3), s1.run(3)
-    tf, (tt,), (r2,) = interleaved(full, [s1.run], max(5, a.blocks // 2), max(5, a.steps // 4))
+    tf, (tt,), (r2,) = interleaved(full, [s1.run], max(5, a.blocks // 2), max(5, a.steps // 4), dev)
     print(f"[2] VGG-style net, 64 chains: full forward+backward {tf * 1e3:.2f} ms, first-layer target step "
           f"{tt * 1e3:.2f} ms, {1 / r2:.1f}x cheaper (target >= 5x)")
 

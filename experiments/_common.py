@@ -13,6 +13,9 @@ from typing import Iterable, Sequence
 import torch
 from PIL import Image, ImageDraw
 
+from ldam.device import CHOICES as DEVICE_CHOICES, model_device, resolve_device
+from ldam.errors import LdamError
+
 T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "repro"
@@ -24,13 +27,33 @@ def parser(doc: str) -> argparse.ArgumentParser:
                    help="reduced mode (a few steps, few chains): checks that the script runs, numbers mean nothing")
     p.add_argument("--out", type=Path, default=DOCS, help="where the report and pictures go (default: docs/repro)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", metavar="{" + ",".join(DEVICE_CHOICES) + "}",
+                   help="where the models run: auto takes a GPU when there is one (cuda, then mps), else the CPU "
+                   "(default: %(default)s); results, numbers and pictures are computed from CPU copies")
     return p
 
 
 def setup(args: argparse.Namespace) -> None:
+    """Threads, the output folder, and ``args.device`` resolved to a ``torch.device`` (a device this
+    machine lacks ends the script with one line: ``error: ...``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        args.device = resolve_device(args.device)
+    except LdamError as e:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {e}")
     args.out.mkdir(parents=True, exist_ok=True)
+
+
+def on(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model moved to ``device`` (zoo models and checkpoints load on the CPU), in eval mode."""
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` on the model's device, without gradients; the output comes back on the CPU."""
+    return model(x.to(model_device(model))).cpu()
 
 
 def labeled(im: Image.Image, text: str, width: int = 170) -> Image.Image:

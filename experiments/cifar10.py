@@ -23,7 +23,7 @@ import ldam
 import ldam.zoo
 from ldam.render import batch_grid
 
-from _common import Report, fmt, header, labeled, parser, setup, stack
+from _common import Report, fmt, header, infer, labeled, on, parser, setup, stack
 
 # The VGG's input gradients are small (RMS |∂f/∂x| ≈ 0.01-0.03 in model units), so λ is lower
 # than for LeNet: the L2 mean ∇f/λ is then visible above the equilibrium noise √(T/λ) ≈ 0.14.
@@ -35,6 +35,7 @@ def main() -> None:
     setup(args)
     chains, steps, burn = (2, 10, 5) if args.quick else (6, 1000, 400)
     models = {name: ldam.zoo.load(name) for name in ("vgg-cifar10", "vgg-cifar10-avg")}
+    models = {name: (on(model, args.device), i) for name, (model, i) in models.items()}
     info = models["vgg-cifar10"][1]
     box = ldam.Box.from_normalization(info.mean, info.std)
     pix = {"display": "pixel", "mean": info.mean, "std": info.std}
@@ -52,9 +53,8 @@ def main() -> None:
     for name, (model, _) in models.items():
         r = results[name]
         other = models["vgg-cifar10-avg" if name == "vgg-cifar10" else "vgg-cifar10"][0]
-        with torch.no_grad():
-            own, cross = model(r.mean), other(r.mean)
-            own_class = model(r.target_mean).argmax(1)
+        own, cross = infer(model, r.mean), infer(other, r.mean)
+        own_class = infer(model, r.target_mean).argmax(1)
         f = own.gather(1, cls[:, None]).squeeze(1)
         p = info.to_pixels(r.mean)
         warmth = (p[:, 0].mean((1, 2)) - p[:, 2].mean((1, 2))).view(10, chains)

@@ -36,7 +36,7 @@ from ldam.analysis import cosine_distances, count_modes, kid, layer_activations,
 from ldam.render import batch_grid
 from ldam.train import TrainConfig, evaluate, load_dataset, train
 
-from _common import ROOT, Report, fmt, header, labeled, parser, setup, stack
+from _common import ROOT, Report, fmt, header, infer, labeled, on, parser, setup, stack
 
 WEIGHTS = (0.0, 0.2, 0.5, 0.8, 1.0)
 SETTINGS = {
@@ -53,7 +53,8 @@ FEATURES = {"mnist": "relu2", "cifar10": "flatten"}  # the judges' penultimate l
 L2_WEIGHT = 0.3
 
 
-def independent_classifier(ds: str, data: dict[str, torch.Tensor], cache: Path, quick: bool) -> tuple[torch.nn.Module, float]:
+def independent_classifier(ds: str, data: dict[str, torch.Tensor], cache: Path, quick: bool,
+                           device: torch.device) -> tuple[torch.nn.Module, float]:
     """Train (or reuse from ``cache``) the judge: another architecture and seed than the zoo model."""
     cfg = SETTINGS[ds]["judge"]
     if quick:
@@ -62,10 +63,10 @@ def independent_classifier(ds: str, data: dict[str, torch.Tensor], cache: Path, 
                 "y_val": data["y_test"][:100], "x_test": data["x_test"][:500], "y_test": data["y_test"][:500]}
     out = cache / f"judge-{ds}"
     if (out / "model.pt").exists():
-        model, _ = ldam.zoo.load_checkpoint(out / "model.pt")
+        model = on(ldam.zoo.load_checkpoint(out / "model.pt")[0], device)
     else:
         print(f"training the independent {cfg.arch} classifier for {ds} (cached in {out})", flush=True)
-        model = train(cfg, out, data=data, progress=False)["model"].eval()
+        model = train(cfg, out, data=data, progress=False, device=device)["model"].eval()
     return model, evaluate(model, data["x_test"], data["y_test"])
 
 
@@ -80,10 +81,11 @@ def run(model: torch.nn.Module, info: ldam.zoo.ModelInfo, real: torch.Tensor, w:
             "critic": disc.stats()}
 
 
-def realism_critic(real: torch.Tensor, fakes: torch.Tensor, seed: int, steps: int) -> ldam.Discriminator:
+def realism_critic(real: torch.Tensor, fakes: torch.Tensor, seed: int, steps: int,
+                   device: torch.device) -> ldam.Discriminator:
     training = ldam.CriticTraining(lr=2e-4, optimizer="adam", batch_size=64, label_smoothing=0.0, patience=10**9)
     judge = ldam.Discriminator(real, weight=1.0, training=training, seed=seed)
-    judge.bind(real.shape[1:], torch.device("cpu"), torch.float32)
+    judge.bind(real.shape[1:], device, torch.float32)  # the critic on the device; real images stay on the host
     judge.fit(fakes, steps)
     return judge
 
@@ -93,9 +95,10 @@ def study(ds: str, args, rep: Report) -> None:
     chains, steps = (2, 12) if args.quick else (cfg["chains"], cfg["steps"])
     seeds = args.seeds[:2] if not args.quick else [0, 1]
     model, info = ldam.zoo.load(cfg["model"])
+    model = on(model, args.device)
     data = load_dataset(ds, val_size=5000)
     cache = (args.out / "cache") if args.quick else ROOT / "runs" / "figure1"
-    judge, judge_acc = independent_classifier(ds, data, cache, args.quick)
+    judge, judge_acc = independent_classifier(ds, data, cache, args.quick, args.device)
     real_train = data["x_train"]
     half = len(data["x_test"]) // 2
     # A seeded random split: MNIST's test set is ordered (its halves come from different writers).
@@ -125,7 +128,7 @@ def study(ds: str, args, rep: Report) -> None:
     for i, seed in enumerate(seeds):
         other = seeds[(i + 1) % len(seeds)]
         fakes = torch.cat([runs[w, other]["samples"] for w in WEIGHTS] + [runs[w, other]["means"] for w in WEIGHTS])
-        critic = realism_critic(real_fit, fakes, seed=1000 + other, steps=10 if args.quick else 600)
+        critic = realism_critic(real_fit, fakes, seed=1000 + other, steps=10 if args.quick else 600, device=args.device)
         real_level.append(float(critic.prob_real(real_check).mean()))
         for w in WEIGHTS:
             p_real = critic.prob_real(runs[w, seed]["means"]).double().clamp(1e-12, 1 - 1e-12)
@@ -136,8 +139,7 @@ def study(ds: str, args, rep: Report) -> None:
         acts, real_s, odds, agree, kids = [], [], [], [], []
         for seed in seeds:
             r = runs[w, seed]
-            with torch.no_grad():
-                pred = judge(r["means"]).argmax(1)
+            pred = infer(judge, r["means"]).argmax(1)
             hit = (pred == cls).double()
             per_class.setdefault(w, []).append(hit.view(10, chains).mean(1))
             acts.append(r["activation"])

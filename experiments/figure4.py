@@ -21,7 +21,7 @@ import ldam.zoo
 from ldam.render import batch_grid
 from ldam.train import load_dataset
 
-from _common import Report, fmt, labeled, parser, setup, stack
+from _common import Report, fmt, infer, labeled, on, parser, setup, stack
 
 
 def class_templates(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -39,6 +39,7 @@ def main() -> None:
     setup(args)
     steps, burn, chains = (30, 10, 2) if args.quick else (1500, 500, 4)
     model, info = ldam.zoo.load("lenet-mnist")
+    model = on(model, args.device)
     d = load_dataset("mnist")
     templates = class_templates(d["x_train"], d["y_train"])
     rows, table = [], []
@@ -47,8 +48,7 @@ def main() -> None:
                         temperature=0.02, regularizers=regs, burn_in=burn, seed=1)
         cls = torch.arange(10).repeat_interleave(chains)
         for kind, x in (("one sample", r.samples[:, -1]), ("average", r.mean)):
-            with torch.no_grad():
-                logits = model(x)
+            logits = infer(model, x)
             f = logits.gather(1, cls[:, None]).squeeze(1)
             agree = (logits.argmax(1) == cls).double().mean()
             cos = cosine_rows(x, templates[cls])

@@ -23,7 +23,7 @@ from ldam.analysis import activation_gradients
 from ldam.data import PHOTOS, load_photo
 from ldam.render import batch_grid
 
-from _common import Report, fmt, header, labeled, parser, setup, stack
+from _common import Report, fmt, header, infer, labeled, on, parser, setup, stack
 
 CLASSES = [1, 130, 949, 967]  # goldfish, flamingo, strawberry, espresso
 UNITS = ["_blocks.8:3", "_blocks.8:17", "_blocks.8:42", "_blocks.8:64"]
@@ -37,13 +37,13 @@ def main() -> None:
     setup(args)
     steps, burn = (4, 2) if args.quick else (300, 100)
     model, info = ldam.zoo.load("efficientnet-lite0-imagenet")
+    model = on(model, args.device)
     names = info.class_names
     assert names is not None
     rep = Report(args.out / "imagenet.md", "ImageNet, measured: EfficientNet-Lite0 samples and top-5 on photos",
                  args.quick)
     photos = torch.stack([info.preprocess(load_photo(p)) for p in PHOTOS])
-    with torch.no_grad():
-        probs = model(photos).softmax(1)
+    probs = infer(model, photos).softmax(1)
     top = probs.topk(5, 1)
     rows = []
     for i, (p, (_, what, expected)) in enumerate(PHOTOS.items()):
@@ -61,12 +61,10 @@ def main() -> None:
                   regularizers=[ldam.L2(L2), box], seed=0, keep_samples=False)
     pix = {"display": "pixel", "mean": info.mean, "std": info.std}
     r = ldam.sample(model, [f"output:{c}" for c in CLASSES], info.input_shape, **common)
-    with torch.no_grad():
-        logits = model(r.mean)
+    logits = infer(model, r.mean)
     f = logits[torch.arange(len(CLASSES)), CLASSES]
     own = logits.argmax(1)
-    with torch.no_grad():
-        photo_logits = model(photos)[:, CLASSES].max(0).values
+    photo_logits = infer(model, photos)[:, CLASSES].max(0).values
     rep.text("### Class samples",
              f"Targets: {', '.join(f'`output:{c}` ({names[c]})' for c in CLASSES)}; one chain each, {steps} SGLD "
              f"steps (ε = {STEP}, T = {TEMP}, L2 λ = {L2}, pixel-range box), the mean of the last "

@@ -35,7 +35,7 @@ from ldam.analysis import chain_stats, count_modes, summarize
 from ldam.render import batch_grid
 from ldam.train import TrainConfig, train
 
-from _common import ROOT, Report, data_available, fmt, header, labeled, parser, setup, stack
+from _common import ROOT, Report, data_available, fmt, header, labeled, on, parser, setup, stack
 
 METRICS = [("cosine_distance", "diversity: mean pairwise cosine distance"),
            ("distance", "diversity: mean pairwise distance"),
@@ -61,15 +61,15 @@ class Setting:
     feature_layer: str  # the penultimate layer, for the feature-space numbers
 
 
-def trained_pairs(name: str, seeds: int, quick: bool) -> list[tuple[str, nn.Module, nn.Module]]:
+def trained_pairs(name: str, seeds: int, quick: bool, device: torch.device) -> list[tuple[str, nn.Module, nn.Module]]:
     """(label, base, averaged) for ``zoo:name`` and ``zoo:name-avg``, and for ``seeds − 1`` more
     training seeds with the zoo's own recipe (trained into ``runs/`` once, then reused)."""
-    pairs = [("zoo seed 0", ldam.zoo.load(name)[0], ldam.zoo.load(f"{name}-avg")[0])]
+    pairs = [("zoo seed 0", on(ldam.zoo.load(name)[0], device), on(ldam.zoo.load(f"{name}-avg")[0], device))]
     recipe = ldam.zoo.entry(name).meta["config"]
     for s in range(1, seeds):
         cfg = TrainConfig(**{**recipe, "seed": s})
         out = ROOT / "runs" / f"repro-{name}-seed{s}"
-        rec = train(cfg, out, resume=True, progress=not quick)
+        rec = train(cfg, out, resume=True, progress=not quick, device=device)
         pairs.append((f"seed {s}", rec["model"].eval(), rec["model_avg"].eval()))
     return pairs
 
@@ -190,7 +190,7 @@ def main() -> None:
     mnist = Setting(chains=3 if quick else 16, steps=20 if quick else 1500, burn_in=10 if quick else 500,
                     step_size=0.004, temperature=0.02, l2=0.3, figure_class=4, feature_layer="relu4")
     _, info = ldam.zoo.load("lenet-mnist")
-    v, sat = study(rep, "MNIST", trained_pairs("lenet-mnist", train_seeds, quick), info.input_shape, mnist, seeds,
+    v, sat = study(rep, "MNIST", trained_pairs("lenet-mnist", train_seeds, quick, args.device), info.input_shape, mnist, seeds,
                    ldam.Box.from_normalization(info.mean, info.std), info.class_names, {})
     conclude(rep, "MNIST", v, mnist.chains, sat)
     if "vgg-cifar10-avg" in ldam.zoo.names() and data_available("cifar10"):
@@ -198,7 +198,7 @@ def main() -> None:
                         step_size=2e-3, temperature=1e-3, l2=0.05, figure_class=8,  # as experiments/cifar10.py
                         feature_layer="classifier.2")
         _, info = ldam.zoo.load("vgg-cifar10")
-        pairs = trained_pairs("vgg-cifar10", cifar_seeds, quick)
+        pairs = trained_pairs("vgg-cifar10", cifar_seeds, quick, args.device)
         v, sat = study(rep, "CIFAR-10", pairs, info.input_shape, cifar, seeds,
                        ldam.Box.from_normalization(info.mean, info.std), info.class_names,
                        {"display": "pixel", "mean": info.mean, "std": info.std})

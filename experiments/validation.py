@@ -19,7 +19,7 @@ import ldam
 import ldam.zoo
 from ldam.render import batch_grid
 
-from _common import Report, labeled, parser, setup, stack
+from _common import Report, labeled, on, parser, setup, stack
 
 
 def main() -> None:
@@ -28,12 +28,13 @@ def main() -> None:
     steps, burn, chains = (40, 10, 2) if args.quick else (1500, 300, 16)
     lam, temp, y, x = 1.0, 0.01, 14, 14
     model, info = ldam.zoo.load("lenet-mnist")
+    model = on(model, args.device)
     filters, means, table = [], [], []
     for k in range(model.conv1.out_channels):
         r = ldam.sample(model, f"conv1:{k}@{y},{x}", info.input_shape, chains=chains, steps=steps, burn_in=burn,
                         step_size=1e-3, temperature=temp, regularizers=[ldam.L2(lam)], seed=k)
         m = r.target_mean[0].double()
-        w = model.conv1.weight[k].detach().double() / lam
+        w = model.conv1.weight[k].detach().cpu().double() / lam
         patch = m[:, y - 2:y + 3, x - 2:x + 3]
         cos = torch.nn.functional.cosine_similarity(patch.flatten(), w.flatten(), dim=0)
         rel = (patch - w).norm() / w.norm()

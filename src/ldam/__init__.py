@@ -9,11 +9,13 @@ with Langevin dynamics, and average the samples so the pixels that matter stand 
 from .burnin import AutoBurnIn, BurnIn, FixedBurnIn
 from .callbacks import Callback, GifRecorder, ProgressBar
 from .discriminator import ConvCritic, CriticTraining, Discriminator, MLPCritic, RealImages
+from .device import resolve_device
 from .energy import L2, Box, Energy, Regularizer, TotalVariation
 from .errors import (
     CheckpointError,
     CriticWarning,
     DataError,
+    DeviceError,
     DivergenceError,
     LdamError,
     NonFiniteActivationError,
@@ -39,5 +41,5 @@ __all__ = [
     "BurnIn", "FixedBurnIn", "AutoBurnIn",
     "Callback", "ProgressBar", "GifRecorder",
     "LdamError", "TargetError", "ShapeError", "DivergenceError", "NonFiniteActivationError",
-    "DataError", "CheckpointError", "CriticWarning", "PrecisionNote",
+    "DataError", "CheckpointError", "CriticWarning", "PrecisionNote", "DeviceError", "resolve_device",
 ]

@@ -70,15 +70,19 @@ def count_modes(means: torch.Tensor, threshold: float = 0.5) -> int:
 
 
 def activation_gradients(model: nn.Module, target: str | Target, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``f(x_i)`` and ``∇_x f(x_i)`` for every row of ``x`` and one target (the model is left as found)."""
+    """``f(x_i)`` and ``∇_x f(x_i)`` for every row of ``x`` and one target (the model is left as found).
+
+    ``x`` goes to the model's device for the pass; both come back on the CPU."""
     with model_guard(model):
         ts = resolve(model, target, tuple(x.shape[1:]), chains=len(x))
         if len(ts.targets) != 1:
             raise ValueError(f"activation_gradients takes one target, {target!r} names {len(ts.targets)}")
         p = next(iter(model.parameters()), None)
-        ts = ts.to(p.device if p is not None else "cpu", x.dtype)
+        device = p.device if p is not None else torch.device("cpu")
+        ts = ts.to(device, x.dtype)
         with ts.attached():
-            return ts.value_and_grad(x)
+            f, g = ts.value_and_grad(x.to(device))
+        return f.cpu(), g.cpu()
 
 
 def layer_activations(model: nn.Module, layer: str, x: torch.Tensor, batch_size: int | None = None,
@@ -86,7 +90,8 @@ def layer_activations(model: nn.Module, layer: str, x: torch.Tensor, batch_size:
     """The output of ``layer`` (an entry of ``ldam layers``: a module name, ``relu#1``, ``output``,
     ``output.logits``, ...) for every row of ``x``, flattened ``[K, D]``, ``batch_size`` rows at a
     time (eval mode, no gradients; the model is left as found). Pass ``layers`` (from
-    :func:`~ldam.targets.probe_layers`) to skip probing the model again."""
+    :func:`~ldam.targets.probe_layers`) to skip probing the model again. Each batch goes to the
+    model's device; the result comes back on the CPU."""
     with model_guard(model):
         if layers is None:
             layers = probe_layers(model, tuple(x.shape[1:]))
@@ -94,7 +99,11 @@ def layer_activations(model: nn.Module, layer: str, x: torch.Tensor, batch_size:
             raise ValueError(f"no layer named {layer!r} in {type(model).__name__}; run `ldam layers` to list them")
         if not layers[layer].addressable:
             raise ValueError(f"layer {layer!r} cannot be read: {layers[layer].reason}")
-        out = capture(model, [layers[layer]], x, batch_size)[layer]
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+        step = batch_size or max(1, len(x))
+        out = torch.cat([capture(model, [layers[layer]], x[i:i + step].to(device), None)[layer].cpu()
+                         for i in range(0, len(x), step)])
     return out.flatten(1)
 
 
@@ -195,5 +204,45 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a)))
 
 
+def ess(trace: torch.Tensor | np.ndarray | Sequence[float]) -> float:
+    """Effective sample size of a scalar trace ``[n]`` or of ``m`` chains ``[n, m]``.
+
+    The chains are pooled as in Stan (Vehtari et al. 2021, without rank normalization or
+    splitting): with ``W`` the mean within-chain variance, ``B/n`` the variance of the chain
+    means and ``var⁺ = (n−1)/n·W + B/n``, the autocorrelation at lag ``t`` is
+    ``ρ_t = 1 − (W − mean_j γ_j(t)) / var⁺`` (``γ_j`` chain ``j``'s autocovariance, by FFT). Chains
+    that sit in different places lower ``ρ``'s decay, so a set of chains that do not mix with one
+    another gets a small ESS. Geyer's initial monotone sequence truncates the sum: pairs
+    ``P_k = ρ_2k + ρ_2k+1`` are summed up to the first that is not positive, each capped by the
+    previous one, and ``ESS = n·m / τ`` with ``τ = −1 + 2 Σ P_k`` (at most ``n·m·log10(n·m)``, as
+    Stan caps it). ``nan`` for fewer than 4 steps or a constant trace.
+    """
+    x = np.asarray(trace.detach().cpu().double() if isinstance(trace, torch.Tensor) else trace, dtype=float)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"ess takes a trace [n] or [n, chains], got shape {list(x.shape)}")
+    n, m = x.shape
+    if n < 4:
+        return float("nan")
+    centered = x - x.mean(0)
+    size = 1 << int(2 * n - 1).bit_length()
+    spec = np.fft.rfft(centered, size, axis=0)
+    acov = np.fft.irfft(spec * np.conj(spec), size, axis=0)[:n] / n  # biased γ_j(t), [n, m]
+    within = acov[0].mean() * n / (n - 1)
+    between = x.mean(0).var(ddof=1) * n if m > 1 else 0.0
+    var_plus = (n - 1) / n * within + between / n
+    if not var_plus > 0:
+        return float("nan")
+    rho = 1 - (within - acov.mean(1)) / var_plus
+    rho[0] = 1.0
+    pairs = rho[: n - n % 2].reshape(-1, 2).sum(1)
+    positive = np.flatnonzero(pairs <= 0)
+    pairs = pairs[: positive[0] if len(positive) else len(pairs)]
+    tau = -1 + 2 * np.minimum.accumulate(pairs).sum()
+    total = n * m
+    return float(total / max(tau, 1 / np.log10(total)))
+
+
 __all__ = ["cosine_distances", "mean_pairwise", "count_modes", "activation_gradients", "layer_activations", "saliency",
-           "effective_area", "centroid_spread", "ChainStats", "chain_stats", "kid", "summarize"]
+           "effective_area", "centroid_spread", "ChainStats", "chain_stats", "kid", "summarize", "ess"]

@@ -58,6 +58,8 @@ class GifRecorder(Callback):
 
     ``what`` is ``"state"`` (the chains as they move), ``"ema"`` (their moving average, once
     burn-in is over) or ``"auto"`` (the state during burn-in, then the moving average).
+    Chains on a GPU stay there: only a recorded frame is copied to the host, once, every
+    ``every`` steps (the frames are pictures, kept on the host until the GIF is written).
     """
 
     def __init__(self, path: str | Path, every: int = 20, what: str = "auto", display: str = "signed",
@@ -73,7 +75,7 @@ class GifRecorder(Callback):
         if info.t % self.every or len(self.frames) >= self.max_frames:
             return
         x = sampler.ema if self.what != "state" and sampler.ema is not None else sampler.x
-        self.frames.append(batch_grid(x, sampler.chains, self.display, zoom=self.zoom, **self.norm))
+        self.frames.append(batch_grid(x, sampler.chains, self.display, zoom=self.zoom, **self.norm))  # one copy
 
     def on_end(self, sampler: "Sampler", result: "Result") -> None:
         if self.frames:

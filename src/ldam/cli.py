@@ -15,6 +15,7 @@ from typing import Sequence
 
 from . import __version__
 from .callbacks import GifRecorder, ProgressBar
+from .device import CHOICES as DEVICE_CHOICES, model_device, resolve_device
 from .energy import L2, Box, Regularizer, TotalVariation
 from .errors import LdamError
 from .sampler import sample
@@ -37,9 +38,19 @@ def model_options(args: argparse.Namespace) -> dict:
 
 
 def _load(spec: str, args: argparse.Namespace | None = None):
+    """The model and its description; with ``args``, moved to ``--device`` (checked before loading)."""
     from .zoo import load_model
 
-    return load_model(spec, **(model_options(args) if args is not None else {}))
+    device = resolve_device(getattr(args, "device", "auto")) if args is not None else None
+    model, info = load_model(spec, **(model_options(args) if args is not None else {}))
+    return (model.to(device) if device is not None else model), info
+
+
+def add_device_option(p: argparse.ArgumentParser, what: str = "the model runs") -> None:
+    """``--device {auto,cpu,cuda,cuda:N,mps}``, resolved by :func:`ldam.device.resolve_device`."""
+    p.add_argument("--device", default="auto", metavar="{" + ",".join(DEVICE_CHOICES) + "}",
+                   help=f"where {what}: auto takes a GPU when there is one (cuda, then mps), else the CPU; or cpu, "
+                   "cuda, cuda:N (the GPU with index N), mps (default: %(default)s)")
 
 
 def add_arch_options(p: argparse.ArgumentParser, input_shape: str | None = None,
@@ -232,6 +243,7 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
         callbacks=callbacks,
     )
     res.config["model_spec"] = model_spec
+    res.config["device"] = str(model_device(model))
     if getattr(args, "arch", None):
         res.config["arch"], res.config["arch_kwargs"] = args.arch, info.meta.get("arch_kwargs", {})
     paths = {
@@ -248,7 +260,7 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
     final = res.target_activations()[-max(1, res.activations.shape[0] // 10):].mean(0)
     names = getattr(info, "class_names", None)
     print(f"sampled {len(res.targets)} target(s) x {res.chains} chains, {res.activations.shape[0]} steps, "
-          f"burn-in {res.burn_in}, {res.samples.shape[1]} kept per chain")
+          f"burn-in {res.burn_in}, {res.samples.shape[1]} kept per chain, on {res.config['device']}")
     for t, f in zip(res.targets, final.tolist()):
         label = f" ({names[t.unit]})" if names and t.layer in ("output", "fc3") and t.unit < len(names) else ""
         print(f"  {t}{label}: mean activation over the last 10% of steps {f:.3f}")
@@ -335,10 +347,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise LdamError(f"--arch needs the weights files it builds (or 'random'), e.g. ldam serve weights.pt "
                         f"--arch {args.arch} --input-shape 3 32 32")
     models = args.model or [DEMO_MODEL]
+    device = resolve_device(args.device)  # checked before any model is loaded
     cfg = ServerConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
                        max_fps=args.max_fps)
     try:
-        serve(models, cfg, with_data=not args.no_data, **model_options(args))
+        serve(models, cfg, with_data=not args.no_data, device=device, **model_options(args))
     except KeyboardInterrupt:
         pass
     print("ldam serve: stopped", file=sys.stderr)
@@ -370,12 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one example's shape, e.g. 1 28 28 (default: the model's own; required with --arch)")
     add_arch_options(s)
     _add_sampling_options(s, steps=2000, chains=8, pixel_range=False)
+    add_device_option(s, "the model and the chains run (results are saved from the CPU either way)")
     s.set_defaults(func=cmd_sample)
 
     d = sub.add_parser("demo", help=f"sample the 10 digit neurons of {DEMO_MODEL} into runs/demo (no browser needed)",
                        description=f"Sample the 10 output neurons of {DEMO_MODEL}, 10 chains each, and "
                        "write grid.png, targets.png, chains.gif and result.pt to runs/demo.")
     _add_sampling_options(d, steps=1500, chains=10, pixel_range=True)
+    add_device_option(d, "the model and the chains run")
     d.set_defaults(func=cmd_demo)
 
     ly = sub.add_parser("layers", help="list every addressable layer with its output shape and units",
@@ -387,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
                     help="one example's shape, e.g. 3 224 224 (default: the model's own; required with --arch)")
     add_arch_options(ly)
+    add_device_option(ly, "the model is probed")
     ly.set_defaults(func=cmd_layers)
 
     from .web.server import DEFAULT_PORT
@@ -405,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-sessions", type=_positive(int), default=4, help="concurrent browser sessions (default: %(default)s)")
     w.add_argument("--max-fps", type=_positive(float), default=60.0, help="frames per second per session, at most (default: %(default)s)")
     w.add_argument("--no-data", action="store_true", help="do not load datasets (no discriminator, no dataset inputs)")
+    add_device_option(w, "the models and every session's chains run")
     add_arch_options(w, input_shape="one example's shape, e.g. 3 32 32: required with --arch, which applies to every "
                      "model file given here (zoo:NAME models keep their own)")
     w.set_defaults(func=cmd_serve)
@@ -448,4 +465,4 @@ if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 
 
-__all__ = ["main", "build_parser", "add_arch_options", "model_options"]
+__all__ = ["main", "build_parser", "add_arch_options", "add_device_option", "model_options"]

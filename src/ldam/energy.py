@@ -141,8 +141,9 @@ class TotalVariation(Regularizer):
 class Box(Regularizer):
     """A box (pixel-range) constraint ``low ≤ x ≤ high``, per channel or scalar.
 
-    With ``weight=None`` it is hard: Langevin samplers reflect at the walls and MALA rejects
-    proposals outside. With a weight it is the soft penalty ``R(x) = ½ ‖x − clamp(x)‖²``.
+    With ``weight=None`` it is hard: Langevin samplers reflect at the walls; the Metropolis
+    methods reflect their proposals too and weigh them by the reflected (folded) proposal
+    density, so they stay exact (``docs/exact.md``). With a weight it is the soft penalty ``R(x) = ½ ‖x − clamp(x)‖²``.
     Use :meth:`from_normalization` for the pixel range ``[0, 1]`` of a normalized input.
     """
 

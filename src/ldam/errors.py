@@ -84,6 +84,10 @@ class CheckpointError(LdamError, ValueError):
     """A checkpoint cannot be loaded safely."""
 
 
+class DeviceError(LdamError, ValueError):
+    """The device asked for (``--device``) is malformed or not present on this machine."""
+
+
 class CriticWarning(UserWarning):
     """The discriminator's critic has collapsed: at chance or saturated for a long time."""
 

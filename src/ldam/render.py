@@ -16,7 +16,7 @@ def signed_display(x: torch.Tensor) -> np.ndarray:
     Grey is uncorrelated with the neuron, white positively and black negatively correlated.
     One scale per image (all channels together), so colour balance is kept. Returns uint8.
     """
-    a = x.detach().double().cpu().numpy()
+    a = x.detach().cpu().double().numpy()
     peak = np.abs(a).max()
     scale = 127.0 / peak if peak > 0 else 0.0
     return np.clip(np.rint(a * scale + 128.0), 0, 255).astype(np.uint8)
@@ -27,7 +27,7 @@ def pixel_display(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     shape = (-1,) + (1,) * (x.dim() - 1)
     m = torch.as_tensor(mean, dtype=torch.float64).view(shape)
     s = torch.as_tensor(std, dtype=torch.float64).view(shape)
-    p = (x.detach().double().cpu() * s + m).clamp(0, 1)
+    p = (x.detach().cpu().double() * s + m).clamp(0, 1)
     return np.rint(p.numpy() * 255).astype(np.uint8)
 
 
@@ -81,7 +81,7 @@ def display_array(x: torch.Tensor, display: str = "signed", mean: Sequence[float
     scale (the same values as :func:`to_image` gives one at a time, computed in one pass)."""
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"display_array takes [N, 1 or 3, H, W], got {list(x.shape)}")
-    a = x.detach().to(torch.float64).cpu()
+    a = x.detach().cpu().to(torch.float64)  # copied to the host as is, then widened
     if display == "signed":
         peak = a.abs().amax(dim=(1, 2, 3), keepdim=True)
         scale = torch.where(peak > 0, 127.0 / peak, torch.zeros_like(peak))
@@ -112,7 +112,9 @@ def grid_array(tiles: np.ndarray, ncol: int, pad: int = 2, zoom: int = 2, backgr
 
 
 def batch_grid(x: torch.Tensor, ncol: int, display: str = "signed", zoom: int = 2, **norm: Sequence[float]) -> Image.Image:
-    """A grid of a batch ``[N, C, *spatial]``: each example displayed on its own scale."""
+    """A grid of a batch ``[N, C, *spatial]``: each example displayed on its own scale. A batch on a
+    GPU is copied to the host once, not once per example."""
+    x = x.detach().cpu()
     return grid([to_image(xi, display, **norm) for xi in x], ncol, zoom=zoom)
 
 

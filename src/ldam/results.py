@@ -22,6 +22,9 @@ FORMAT = "ldam-result-v1"
 class Result:
     """The output of :func:`ldam.sample`. Rows are target-major: row ``i`` samples target ``i // chains``.
 
+    The tensors are on the CPU, wherever the chains ran (``Sampler.result(device=None)`` keeps
+    them on the sampler's device instead).
+
     Attributes:
         samples: kept states ``[n_targets·chains, n_kept, *input_shape]``.
         mean: mean of the kept states ``[n_targets·chains, *input_shape]``.

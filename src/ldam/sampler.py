@@ -410,8 +410,14 @@ class Sampler:
     def config(self) -> dict[str, Any]:
         return dict(self._config, steps=self.t, burn_in_step=self.burn_in_step)
 
-    def result(self) -> Result:
-        """Collect everything into a :class:`~ldam.results.Result` and call the callbacks' ``on_end``."""
+    def result(self, device: torch.device | str | None = "cpu") -> Result:
+        """Collect everything into a :class:`~ldam.results.Result` and call the callbacks' ``on_end``.
+
+        The result's tensors come back on ``device``: the CPU by default, wherever the chains ran,
+        so that a result can be saved, drawn and compared anywhere; ``None`` keeps them where they
+        are (the sampler's device, ``self.device``).
+        """
+        move = (lambda t: t) if device is None else (lambda t: t.to(device))
         if self.burn_in_step is None:
             warnings.warn(
                 f"burn-in never ended in {self.t} steps, so no samples were kept; the result's mean "
@@ -422,12 +428,12 @@ class Sampler:
         res = Result(
             targets=list(self.targets),
             chains=self.chains,
-            samples=self.samples.cpu(),
-            mean=(self.mean if self.mean is not None else self.x).cpu(),
-            activations=self.activations.cpu(),
-            ema=None if self.ema is None else self.ema.cpu(),
-            last=self.x.cpu(),
-            acceptance=None if acceptance is None else acceptance.cpu(),
+            samples=move(self.samples),
+            mean=move(self.mean if self.mean is not None else self.x),
+            activations=move(self.activations),
+            ema=None if self.ema is None else move(self.ema),
+            last=move(self.x),
+            acceptance=None if acceptance is None else move(acceptance),
             burn_in=self.burn_in_step if self.burn_in_step is not None else self.t,
             config=self.config,
         )
@@ -454,7 +460,8 @@ def sample(
     """Sample ``x ~ p(x) ∝ exp((f(x) − Σ λ_i R_i(x)) / T)`` for each target with Langevin chains.
 
     Returns a :class:`~ldam.results.Result` with ``samples`` ``[n_targets·chains, n_kept, *shape]``,
-    ``mean`` (of the kept samples) and ``activations`` ``[steps, n_targets·chains]``.
+    ``mean`` (of the kept samples) and ``activations`` ``[steps, n_targets·chains]``, on the CPU
+    (the chains run on the model's device).
     ``burn_in`` defaults to the first quarter of ``steps``, so any ``steps`` works.
     Further keyword options (``ema_tau``, ``init_scale``, ``init``, ``keep_samples``,
     ``callbacks``) are those of :class:`Sampler`.

@@ -177,18 +177,22 @@ def hard_bounds(energy: Energy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def fold(z: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reflect ``z`` into ``[lo, hi]`` at the walls (the fold of :meth:`ldam.Box.reflect_`).
 
-    Returns the folded point and, per coordinate, whether it was reflected an odd number of
-    times (HMC negates those momentum components). Coordinates already inside are returned
-    unchanged, bit for bit.
+    Returns the folded point and, per coordinate, 1 where it was reflected an odd number of
+    times, else 0 (HMC negates those momentum components). Coordinates inside are returned
+    unchanged, bit for bit. (Arithmetic only: boolean tensors are slow on CPU.)
     """
     width = hi - lo
-    n = torch.floor((z - lo) / width)
-    r = (z - lo) - n * width
-    odd = torch.remainder(n, 2) == 1
-    y = torch.where(odd, hi - r, lo + r)
-    y = torch.maximum(torch.minimum(y, hi), lo)  # rounding
-    inside = (z >= lo) & (z <= hi)
-    return torch.where(inside, z, y), odd & ~inside
+    r = (z - lo).div_(width)
+    n = r.floor()
+    r.sub_(n)  # where in its cell of width W, in [0, 1)
+    odd = n * 0.5
+    odd.sub_(odd.floor()).mul_(2)  # 1 where n is odd
+    # lo + W·(r + odd·(1 − 2r)): lo + W·r in even cells, hi − W·r in odd ones. In-place operations
+    # throughout: a fresh tensor per operation costs more than the arithmetic here.
+    y = r.mul(-2).add_(1).mul_(odd).add_(r).mul_(width).add_(lo)
+    y = torch.clamp(y, lo, hi)
+    out = n.abs_().clamp_(max=1)  # 1 where z is outside (or exactly on the upper wall)
+    return y.sub_(z).mul_(out).add_(z), odd
 
 
 #: Terms are kept until the omitted ones are below exp(−_TAIL) of the largest: negligible in float64.
@@ -203,18 +207,19 @@ def _near_images_logpdf(y, m, s, lo, hi, w):
     """The folded density for ``m ∈ [lo, hi]`` and ``s ≤ 0.19 W`` in closed form.
 
     Relative to the direct term ``φ_s(y − m)``, the images ``2lo − y``, ``2hi − y`` and
-    ``y ± 2W`` weigh ``exp(−2(y−lo)(m−lo)/s²)``, ``exp(−2(hi−y)(hi−m)/s²)`` and
-    ``exp(−2W(W ± (y−m))/s²)``, all at most 1. Every other image lies at least ``2W`` from ``m``
-    while the direct one lies within ``W``, so each weighs less than ``exp(−1.5 W²/s²) ≤ e^−40``.
+    ``y − sign(y−m)·2W`` weigh ``exp(−2(y−lo)(m−lo)/s²)``, ``exp(−2(hi−y)(hi−m)/s²)`` and
+    ``exp(−2W(W − |y−m|)/s²)``, all at most 1. The other shift by ``2W`` weighs at most
+    ``exp(−2W²/s²) < e^−53``, and every other image lies at least ``2W`` from ``m`` while the
+    direct one lies within ``W``, so each weighs less than ``exp(−1.5 W²/s²) ≤ e^−40``.
     """
     d = y - m
-    k = -2 / (s * s)
+    k = (s * s).reciprocal_().mul_(-2)
     # Exponents are floored at −60 (a weight of 1e−26, nothing in log1p) so that exp never meets
     # the subnormals, which are many times slower.
-    e = (k * (y - lo).clamp_min(0) * (m - lo)).clamp_min_(-60.0).exp_()
-    for z in ((hi - y).clamp_min(0) * (hi - m), w * (w + d), w * (w - d)):
-        e += z.mul_(k).clamp_min_(-60.0).exp_()
-    return e.log1p_().sub_((d / s).pow_(2).mul_(0.5)).sub_(s.log()).sub_(0.5 * math.log(2 * math.pi))
+    e = (y - lo).clamp_min_(0).mul_(m - lo).mul_(k).clamp_min_(-60.0).exp_()
+    e += (hi - y).clamp_min_(0).mul_(hi - m).mul_(k).clamp_min_(-60.0).exp_()
+    e += d.abs().neg_().add_(w).mul_(w).mul_(k).clamp_min_(-60.0).exp_()
+    return e.log1p_().sub_(d.div_(s).pow_(2).mul_(0.5)).sub_(s.log()).sub_(0.5 * math.log(2 * math.pi))
 
 
 def _images_logpdf(y, m, s, lo, hi, w):
@@ -261,12 +266,13 @@ def folded_normal_logpdf(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor 
     below ``e^−40`` of the total. Returns float64, broadcast over the inputs.
     """
     y, m, s, lo, hi = (torch.as_tensor(t, dtype=torch.float64, device=y.device) for t in (y, mean, std, lo, hi))
-    y, m, s, lo, hi = torch.broadcast_tensors(y, m, s, lo, hi)
+    y = y.expand(torch.broadcast_shapes(y.shape, m.shape, s.shape, lo.shape, hi.shape))
     w = hi - lo
     m = fold(m, lo, hi)[0]
     ratio = s / w
-    if bool((ratio <= _NEAR_RATIO).all()):
+    if float(ratio.max()) <= _NEAR_RATIO:
         return _near_images_logpdf(y, m, s, lo, hi, w)
+    y, m, s, lo, hi, w, ratio = torch.broadcast_tensors(y, m, s, lo, hi, w, ratio)
     out = torch.empty_like(y)
     near, far = ratio <= _NEAR_RATIO, ratio > _COSINE_RATIO
     for mask, fn in ((near, _near_images_logpdf), (~near & ~far, _images_logpdf), (far, _cosine_logpdf)):
@@ -316,13 +322,18 @@ class Metropolis(Method):
       average (weights ``n^−0.75``, as in Hoffman & Gelman's dual averaging) and frozen.
       :meth:`restart_adaptation` starts a new window (after a change of ``T`` or ``ε``);
     * **acceptance bookkeeping**: :attr:`acceptance` since the counts were last reset (at the
-      end of burn-in) and :attr:`recent_acceptance` over the last ``window`` proposals.
+      end of burn-in) and :attr:`recent_acceptance` over the last ``window`` proposals;
+    * an optional **warm-up**: the method's first ``warmup`` steps are unadjusted Langevin (SGLD)
+      steps at the sampler's ``ε``, which climb towards the mode much faster than exact moves
+      with their smaller steps. Those states are not exact: keep them inside the burn-in.
+      Adaptation starts with the first exact step.
     """
 
     adapt: bool = True
     target_accept: float = 0.574
     adapt_steps: int = 500
     window: int = 50
+    warmup: int = 0
     name = "metropolis"
     _log_scale: torch.Tensor | None = field(default=None, init=False, repr=False)
     _log_scale_avg: torch.Tensor | None = field(default=None, init=False, repr=False)
@@ -332,6 +343,18 @@ class Metropolis(Method):
     _was_adapting: bool = field(default=False, init=False, repr=False)
     _recent: torch.Tensor | None = field(default=None, init=False, repr=False)
     _recent_n: int = field(default=0, init=False, repr=False)
+    _n_steps: int = field(default=0, init=False, repr=False)
+
+    def step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        self._n_steps += 1
+        if self._n_steps <= self.warmup:
+            self.reset()  # cached gradients would be stale after an unadjusted move
+            return SGLD().step(x, ctx)
+        return self._metropolis_step(x, ctx)
+
+    def _metropolis_step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """One proposal and its acceptance; returns ``f`` at the state it started from."""
+        raise NotImplementedError
 
     def reset_counts(self) -> None:
         """Restart the acceptance count behind :attr:`acceptance` (the sampler does at burn-in)."""
@@ -430,7 +453,7 @@ class MALA(Metropolis):
     def _metric(self, g: torch.Tensor, learn: bool) -> torch.Tensor | None:
         return None
 
-    def step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def _metropolis_step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         energy, T = ctx.energy, ctx.temperature
         a = energy.activation_scale
         b = x.shape[0]
@@ -513,14 +536,19 @@ class HMC(Metropolis):
     Momentum ``p ~ N(0, G⁻¹)`` (mass matrix ``M = G⁻¹``, ``G`` the learned :class:`DiagonalMetric`
     when ``metric=True``, else ``I``), leapfrog step ``h = √ε`` (so one leapfrog step is exactly
     the MALA proposal), accepted with ``min(1, exp(H(x, p) − H(x', p')))``,
-    ``H = −log p(x) + ½ pᵀ G p``. At a hard wall the position is reflected and that momentum
+    ``H = −log p(x) + ½ pᵀ G p``. Each proposal draws its chain's ``h`` uniformly from
+    ``h·[1 − jitter, 1 + jitter]``, which breaks the resonance of a fixed trajectory length with
+    the target's periods (on a Gaussian, ``L`` steps can bring a chain back where it started;
+    Neal 2011, §5.4.2.2). At a hard wall the position is reflected and that momentum
     component negated (Neal 2011, §5.5.1.5): volume preserving and reversible, so the usual
     acceptance stays exact. One sampler step costs ``leapfrog`` forward and backward passes.
     """
 
     target_accept: float = 0.7
+    adapt_steps: int = 200
     leapfrog: int = 5
     metric: bool = True
+    jitter: float = 0.5
     alpha: float = 0.99
     delta: float = 1e-5
     max_ratio: float = 100.0
@@ -535,12 +563,14 @@ class HMC(Metropolis):
     def reset(self) -> None:
         self._cache = None
 
-    def step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    def _metropolis_step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         energy, T = ctx.energy, ctx.temperature
         a = energy.activation_scale
         b = x.shape[0]
         view = (b,) + (1,) * (x.dim() - 1)
         adapting, eps = self._begin(ctx, b, x.device)
+        if self.jitter:  # a random step per chain and proposal, from the chain's own stream
+            eps = eps * (1 + self.jitter * (2 * ctx.noise.uniform() - 1)).square()
         h = eps.sqrt().to(x.dtype).view(view)
         if self._cache is None:
             self._cache = energy.activation(x)
@@ -564,7 +594,7 @@ class HMC(Metropolis):
             q.add_(h * p if metric is None else h * metric * p)
             if bounds is not None:
                 q, odd = fold(q, *bounds)
-                p = torch.where(odd, -p, p)
+                p.mul_(1 - 2 * odd)
             last = i == self.leapfrog - 1
             f2, gf2 = energy.activation(q)
             pv2, gp2 = energy.prior(q, with_value=last)

@@ -12,6 +12,13 @@ Training is deterministic under a seed: epoch ``e`` shuffles (and augments) with
 seeded from ``(seed, e)``. A checkpoint is written atomically after every epoch, and
 ``--resume`` continues from the last completed epoch with the same result as an uninterrupted
 run. A validation split is carved from the training data with a fixed seed.
+
+**Devices.** ``train(..., device=...)`` (``ldam train --device``) trains on that device: the model
+is built on the CPU (so a seed gives the same initial weights everywhere), then moved; the
+datasets stay on the host and each batch is moved to the device for its step (shuffling and
+augmentation are drawn on the host, so they do not depend on the device). :func:`predict`,
+:func:`evaluate` and :func:`recompute_batchnorm` run on the model's device, a batch at a time, and
+:func:`predict` returns its probabilities on the CPU. Checkpoints hold CPU tensors.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .device import model_device, resolve_device
 from .errors import CheckpointError, LdamError
 from .io import atomic_save
 from .zoo import ARCHITECTURES, CIFAR10_CLASSES, CIFAR10_NORM, MNIST_CLASSES, ModelInfo, build, load_model, save_checkpoint
@@ -84,7 +92,7 @@ class TrainConfig:
     optimizer: str = "rmsprop"  # or "sgd" (Nesterov momentum)
     warmup: int = 0  # epochs of linear warm-up; with warmup > 0 the lr then decays linearly to the window
     label_smoothing: float = 0.0
-    bf16: bool = False  # bfloat16 autocast on the CPU (weights and optimizer stay float32)
+    bf16: bool = False  # bfloat16 autocast on the device (weights and optimizer stay float32)
 
 
 def learning_rate(cfg: TrainConfig, epoch_float: float) -> float:
@@ -156,10 +164,12 @@ def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Softmax probabilities, in eval mode (the model's mode is restored)."""
+    """Softmax probabilities on the CPU, in eval mode (the model's mode is restored); each batch of
+    ``x`` runs on the model's device."""
     was = model.training
     model.eval()
-    out = torch.cat([F.softmax(model(x[i:i + batch_size]), 1) for i in range(0, len(x), batch_size)])
+    dev = model_device(model)
+    out = torch.cat([F.softmax(model(x[i:i + batch_size].to(dev)), 1).cpu() for i in range(0, len(x), batch_size)])
     model.train(was)
     return out
 
@@ -184,26 +194,41 @@ def recompute_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 500
         bn.momentum = None  # cumulative average
     was = model.training
     model.train()
+    dev = model_device(model)
     for i in range(0, len(x), batch_size):
-        model(x[i:i + batch_size])
+        model(x[i:i + batch_size].to(dev))
     model.train(was)
     for bn, m in zip(bns, momenta):
         bn.momentum = m
 
 
 def _clone(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in sd.items()}
+    """A copy of a state dict on the CPU (snapshots stay on the host, whatever the device)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+
+
+def _cpu(obj: Any) -> Any:
+    """Tensors in nested dicts and lists moved to the CPU (what a checkpoint holds)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, torch.Tensor] | None = None,
           stop_after: int | None = None, progress: bool = True,
-          on_step: Callable[[nn.Module], None] | None = None) -> dict[str, Any]:
+          on_step: Callable[[nn.Module], None] | None = None,
+          device: torch.device | str | None = None) -> dict[str, Any]:
     """Train, checkpointing to ``out/checkpoint.pt`` after every epoch; write ``out/model.pt``,
     ``out/model-avg.pt`` and ``out/train.json``.
 
     ``data`` may give the tensors of :func:`load_dataset` (the tests use a toy set);
     ``stop_after`` ends the run after that many epochs, as an interrupt would; ``on_step`` sees
-    the model after every optimizer step. Returns the run record, with the models under
+    the model after every optimizer step; ``device`` (default: the CPU) is where it trains (see the
+    module's notes on devices). Returns the run record, with the models (on ``device``) under
     ``"model"`` and ``"model_avg"``.
     """
     if cfg.arch not in ARCHITECTURES:
@@ -213,8 +238,9 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
     d = data if data is not None else load_dataset(cfg.dataset, cfg.val_size)
     spec = DATASETS.get(cfg.dataset)
     use_aug = spec.augment if spec is not None else False
+    dev = torch.device("cpu") if device is None else resolve_device(device)
     torch.manual_seed(cfg.seed)
-    model = build(cfg.arch)
+    model = build(cfg.arch).to(dev)  # initialized on the CPU, the same on every device
     opt = make_optimizer(cfg, model)
     ckpt = out / "checkpoint.pt"
     history: list[dict[str, float]] = []
@@ -233,6 +259,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
             raise CheckpointError(f"{ckpt} was written with a different config {state['config']}; use another --out")
         start, history = int(state["epoch"]), list(json.loads(state["history"]))
         avg, n_avg, snapshots = state["avg"], int(state["n_avg"]), list(state["snapshots"])
+        if avg is not None:
+            avg = {k: v.to(dev) for k, v in avg.items()}
     x_tr, y_tr = d["x_train"], d["y_train"]
     n = len(x_tr)
     window = cfg.epochs - cfg.average_last
@@ -244,17 +272,23 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(n, generator=g)
         t0 = time.perf_counter()
-        loss_sum = correct = seen = 0.0
+        # Running sums stay on the device (no host sync per step), in float64: the same sums as Python floats
+        # (MPS has no float64: float32 there).
+        acc = torch.float32 if dev.type == "mps" else torch.float64
+        loss_sum = torch.zeros((), dtype=acc, device=dev)
+        correct = torch.zeros((), dtype=acc, device=dev)
+        seen = 0
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress, dynamic_ncols=True, leave=False)
         for i in bar:
             idx = perm[i:i + cfg.batch_size]
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, epoch + i / n)
-            xb = augment(x_tr[idx], g) if use_aug else x_tr[idx]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            xb = (augment(x_tr[idx], g) if use_aug else x_tr[idx]).to(dev, non_blocking=True)
+            yb = y_tr[idx].to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(xb)
-            loss = F.cross_entropy(logits.float(), y_tr[idx], label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -268,27 +302,28 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
                         avg[k].add_(p.detach() - avg[k], alpha=1.0 / n_avg)
             if on_step is not None:
                 on_step(model)
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += float((logits.argmax(1) == y_tr[idx]).sum())
+            loss_sum += loss.detach().to(acc) * len(idx)
+            correct += (logits.argmax(1) == yb).sum().to(acc)
             seen += len(idx)
             if (i // cfg.batch_size) % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{float(correct) / seen:.4f}", refresh=False)
         bar.close()
         if averaging:
             snapshots.append(_clone(model.state_dict()))
         val_acc = evaluate(model, d["x_val"], d["y_val"])
-        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+        history.append({"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_accuracy": float(correct) / seen,
                         "val_accuracy": val_acc, "seconds": time.perf_counter() - t0})
         if progress:
             h = history[-1]
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {h['loss']:.4f}, train accuracy {h['train_accuracy']:.4f}, "
                   f"validation accuracy {val_acc:.4f}, {h['seconds']:.1f} s", flush=True)
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                      "config": asdict(cfg), "history": json.dumps(history), "avg": avg, "n_avg": n_avg,
-                      "snapshots": snapshots}, ckpt)
+        atomic_save({"model": _cpu(model.state_dict()), "optimizer": _cpu(opt.state_dict()), "epoch": epoch + 1,
+                     "config": asdict(cfg), "history": json.dumps(history), "avg": _cpu(avg), "n_avg": n_avg,
+                     "snapshots": snapshots}, ckpt)
+    where = (f"{torch.get_num_threads()} threads" if dev.type == "cpu" else
+             f"{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else str(dev))
     record: dict[str, Any] = {"config": asdict(cfg), "history": history, "epochs_done": len(history),
-                              "trained_on": f"{platform.machine()}, torch {torch.__version__}, "
-                                            f"{torch.get_num_threads()} threads"}
+                              "trained_on": f"{platform.machine()}, torch {torch.__version__}, {where}"}
     if len(history) < cfg.epochs:
         record["model"] = model
         return record
@@ -301,7 +336,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
     save_checkpoint(model, cfg.arch, out / "model.pt", info)
     record["model"] = model
     if avg is not None:
-        averaged = build(cfg.arch)
+        averaged = build(cfg.arch).to(dev)
         averaged.load_state_dict(model.state_dict())
         with torch.no_grad():
             for k, p in averaged.named_parameters():
@@ -311,7 +346,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
         record["test_accuracy_param_avg"] = evaluate(averaged, x_te, y_te)
         record["val_accuracy_param_avg"] = evaluate(averaged, d["x_val"], d["y_val"])
         probs = 0
-        snap = build(cfg.arch)
+        snap = build(cfg.arch).to(dev)
         for s in snapshots:
             snap.load_state_dict(s)
             probs = probs + predict(snap, x_te)
@@ -326,14 +361,15 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
 def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)  # checked before the data is read
     d = TrainConfig()
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, average_last=args.average_last,
                       weight_decay=args.weight_decay, val_size=args.val_size,
                       lr_drop=args.lr_drop if args.lr_drop is not None else d.lr_drop, optimizer=args.optimizer,
                       warmup=args.warmup, label_smoothing=args.label_smoothing, bf16=args.bf16)
-    rec = train(cfg, args.out, resume=args.resume)
-    print(f"model: {args.out / 'model.pt'}")
+    rec = train(cfg, args.out, resume=args.resume, device=device)
+    print(f"model: {args.out / 'model.pt'} (trained on {device})")
     if "test_accuracy_param_avg" in rec:
         print(f"parameter-averaged model (last {cfg.average_last} epochs): {args.out / 'model-avg.pt'}")
         print(f"test accuracy ({rec['test_size']} images): base {rec['test_accuracy']:.4f}, "
@@ -347,6 +383,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .cli import model_options
 
     opts = model_options(args)
+    device = resolve_device(getattr(args, "device", "auto"))
     dataset = getattr(args, "dataset", None)
     if opts["arch"] and dataset is None:
         raise LdamError(f"ldam eval --arch needs the test set: add --dataset {'|'.join(DATASETS)} (and --mean/--std if "
@@ -354,6 +391,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if opts["arch"] and not opts["input_shape"]:
         opts["input_shape"] = DATASETS[dataset].input_shape  # the test images' shape
     model, info = load_model(args.model, dataset=dataset, **opts)
+    model = model.to(device)  # loaded on the CPU; the test images stay there and go over a batch at a time
     if info.dataset not in DATASETS:
         raise LdamError(f"{args.model} was trained on {info.dataset or 'an unknown dataset'}, which ldam cannot "
                         f"evaluate on here (it has {', '.join(DATASETS)}; choose one with --dataset); for the "
@@ -366,7 +404,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     x = normalize(images, info.mean, info.std)  # the model's own preprocessing: (pixel − mean) / std
     try:
         with torch.no_grad():
-            out = model.eval()(x[:2])
+            out = model.eval()(x[:2].to(device))
     except Exception as e:  # noqa: BLE001 - reported with its cause
         raise LdamError(f"{args.model} rejects the {info.dataset} test images {list(x.shape[1:])}: {type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0][:200]}; pass the dataset the model was trained on") from None
@@ -377,7 +415,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     acc = evaluate(model, x, labels)
     norm = "" if not opts["arch"] and opts["mean"] is None and opts["std"] is None else \
         f", inputs (pixel - {list(info.mean)}) / {list(info.std)}"
-    print(f"{args.model} on the {info.dataset} test set ({len(labels)} images{norm})")
+    print(f"{args.model} on the {info.dataset} test set ({len(labels)} images{norm}, on {device})")
     print(f"accuracy: {acc:.4f}")
     return 0
 
@@ -411,6 +449,9 @@ def add_subcommands(sub: Any) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     t.add_argument("--out", type=Path, required=True, help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    from .cli import add_arch_options, add_device_option
+
+    add_device_option(t, "the model trains (the data stays on the host; each batch is moved)")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="print a model's test accuracy", description="Print a model's test accuracy; "
                        "the last line is 'accuracy: 0.XXXX'.",
@@ -420,8 +461,7 @@ def add_subcommands(sub: Any) -> None:
     e.add_argument("model", help="zoo:NAME, a checkpoint file, or with --arch a weights file")
     e.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="the test set (default: the model's own; required with --arch)")
-    from .cli import add_arch_options
-
+    add_device_option(e, "the model runs")
     add_arch_options(e, input_shape="one example's shape (default: the model's own; with --arch, the dataset's)",
                      shape_note="--dataset is then required.")
     e.set_defaults(func=cmd_eval)

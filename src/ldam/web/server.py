@@ -262,37 +262,46 @@ async def _dispatch(msg: Any, session: LiveSession, entries: dict[str, ModelEntr
         publish(await asyncio.to_thread(top_images, entries[msg.model], msg.layer, msg.unit))
 
 
-def load_entries(models: list[str], with_data: bool = True, **options: Any) -> dict[str, ModelEntry]:
-    """The entries ``ldam serve MODEL...`` offers. ``options`` go to :func:`ldam.zoo.load_model`;
-    with ``arch`` they describe the model files only (``zoo:NAME`` entries keep their own)."""
+def load_entries(models: list[str], with_data: bool = True, device: torch.device | str | None = None,
+                 **options: Any) -> dict[str, ModelEntry]:
+    """The entries ``ldam serve MODEL...`` offers, each model on ``device`` (``None``: the CPU, where
+    models load). ``options`` go to :func:`ldam.zoo.load_model`; with ``arch`` they describe the
+    model files only (``zoo:NAME`` entries keep their own)."""
     def for_spec(spec: str) -> dict[str, Any]:
         if options.get("arch") and spec.startswith("zoo:"):
             return {}
         return {k: v for k, v in options.items() if v is not None}
 
-    return {spec: ModelEntry.load(spec, with_data=with_data, **for_spec(spec)) for spec in models}
+    return {spec: ModelEntry.load(spec, with_data=with_data, device=device, **for_spec(spec)) for spec in models}
 
 
 def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = None, with_data: bool = True,
-          **options: Any) -> None:
+          device: torch.device | str | None = None, **options: Any) -> None:
     """Serve ``models`` (``zoo:NAME``/checkpoint specs, or ready :class:`ModelEntry` values) until Ctrl-C.
 
-    ``options`` (``arch``, ``arch_kwargs``, ``input_shape``, ``mean``, ``std``) describe the model
-    files given by spec; see :func:`load_entries`."""
+    ``device`` (a ``torch.device``, or a spec for :func:`ldam.device.resolve_device` such as
+    ``"auto"``) is where the models given by spec, and so every session's chains, run; ready
+    entries keep their models where they are. ``options`` (``arch``, ``arch_kwargs``,
+    ``input_shape``, ``mean``, ``std``) describe the model files given by spec; see :func:`load_entries`."""
     import uvicorn
 
     cfg = cfg or ServerConfig()
     if isinstance(models, dict):
         entries = dict(models)
     else:
-        entries = load_entries(models, with_data=with_data, **options)
+        from ..device import resolve_device
+
+        entries = load_entries(models, with_data=with_data,
+                               device=None if device is None else resolve_device(device), **options)
     app = create_app(entries, cfg)
     token = f"?token={cfg.token}" if cfg.token else ""
     for name, e in entries.items():
         if with_data and e.info.dataset in ("mnist", "cifar10") and not e.has_data:
             print(f"ldam serve: no local {e.info.dataset} data for {name}: the discriminator and dataset inputs are off "
                   "(set LDAM_DATA_DIR to a folder holding it)", flush=True)
-    print(f"ldam serve: {', '.join(entries)} on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)", flush=True)
+    where = ", ".join(sorted({str(e.device) for e in entries.values()}))
+    print(f"ldam serve: {', '.join(entries)} (on {where}) on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)",
+          flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
                 ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20)
 

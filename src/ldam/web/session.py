@@ -23,13 +23,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..device import model_device
 from ..discriminator import CriticTraining, Discriminator
 from ..energy import L2, Box
 from ..errors import LdamError
 from ..guard import model_guard
 from ..render import display_array, grid, grid_array, to_image
 from ..sampler import Sampler
-from ..samplers import MALA
+from ..samplers import Metropolis
 from ..targets import capture, probe_layers
 from ..zoo import ModelInfo
 
@@ -49,7 +50,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "ema_tau": (1.0, 500.0, True),
     "steps_per_frame": (1, 100, False),
 }
-METHODS = ("sgld", "mala", "psgld", "paper")
+METHODS = ("sgld", "mala", "pmala", "hmc", "psgld", "paper")
 MAX_CHAINS = 100
 TRACE_KEEP = 2000
 GIF_FRAMES = 200
@@ -94,8 +95,13 @@ class ModelEntry:
     @classmethod
     def from_model(cls, name: str, model: torch.nn.Module, input_shape: tuple[int, ...], *,
                    class_names: list[str] | None = None, mean: tuple[float, ...] = (0.0,),
-                   std: tuple[float, ...] = (1.0,), dataset: str | None = None) -> "ModelEntry":
-        """Your own module, for :func:`ldam.web.serve` (inputs are ``(pixel − mean) / std``)."""
+                   std: tuple[float, ...] = (1.0,), dataset: str | None = None,
+                   device: torch.device | str | None = None) -> "ModelEntry":
+        """Your own module, for :func:`ldam.web.serve` (inputs are ``(pixel − mean) / std``). With
+        ``device`` the model is moved there (``model.to(device)``); otherwise it stays where it is.
+        Every session's copy of the model, and so its chains, runs on the model's device."""
+        if device is not None:
+            model = model.to(device)
         info = ModelInfo(name, type(model).__name__, tuple(input_shape), class_names, tuple(mean), tuple(std), dataset)
         with model_guard(model):
             layers = probe_layers(model, info.input_shape)
@@ -105,12 +111,16 @@ class ModelEntry:
         return entry
 
     @classmethod
-    def load(cls, spec: str, with_data: bool = True, **options: Any) -> "ModelEntry":
-        """``zoo:NAME`` or a checkpoint file; ``options`` go to :func:`ldam.zoo.load_model`
-        (``arch="pkg.mod:factory"``, ``arch_kwargs``, ``input_shape``, ``mean``, ``std``)."""
+    def load(cls, spec: str, with_data: bool = True, device: torch.device | str | None = None,
+             **options: Any) -> "ModelEntry":
+        """``zoo:NAME`` or a checkpoint file, loaded on the CPU, then moved to ``device`` if given;
+        ``options`` go to :func:`ldam.zoo.load_model` (``arch="pkg.mod:factory"``, ``arch_kwargs``,
+        ``input_shape``, ``mean``, ``std``)."""
         from ..zoo import load_model
 
         model, info = load_model(spec, **options)
+        if device is not None:
+            model = model.to(device)
         with model_guard(model):
             layers = probe_layers(model, info.input_shape)
         entry = cls(spec, model, info, layers)
@@ -136,6 +146,11 @@ class ModelEntry:
         self.test_labels = test_y[:1000]
         # The training split (the critic's real images) is read when a discriminator first needs it.
         self._load_train = lambda: load("train", download_missing=False)[0]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model (and every session's copy of it) runs."""
+        return model_device(self.model)
 
     @property
     def has_data(self) -> bool:
@@ -175,11 +190,15 @@ class ModelEntry:
         return NormalizedImages(self.test_images[index:index + 1], self.info.mean, self.info.std)[0]
 
     def unit_maps(self, layer: str, x: torch.Tensor) -> torch.Tensor:
-        """``layer``'s output for ``x`` as ``[N, units, positions]`` (the shared model, one caller at a time)."""
+        """``layer``'s output for ``x`` as ``[N, units, positions]`` (the shared model, one caller at a time).
+
+        ``x`` (an upload or dataset images, on the host) goes to the model's device for the
+        forward, 250 rows at a time; the maps come back on the CPU, where the pictures are drawn."""
         li = self.layers[layer]
         with self._lock, model_guard(self.model):
-            out = capture(self.model, [li], x.to(li.dtype), batch_size=250)[layer]
-        return li.to_units(out).float()
+            out = torch.cat([capture(self.model, [li], x[i:i + 250].to(device=self.device, dtype=li.dtype))[layer]
+                             for i in range(0, len(x), 250)])
+        return li.to_units(out).cpu().float()
 
     def unit_scores(self, layer: str) -> torch.Tensor:
         """Each test image's activation of every unit of ``layer`` (spatial mean), ``[N, units]``."""
@@ -225,7 +244,6 @@ class LiveSession:
         self.paused = False
         self.seq = 0
         self.recording: list[Image.Image] | None = None
-        self._acc_prev: tuple[float, int] | None = None
         self.acceptance: float | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -335,7 +353,7 @@ class LiveSession:
                                regularizers=regs, method=self.params.method, burn_in=0, ema_tau=self.params.ema_tau,
                                keep_samples=False, seed=int(p.get("seed") or 0))
         self.sampler.ema = self.sampler.x.clone()
-        self._acc_prev, self.acceptance = None, None
+        self.acceptance = None
         self.target_desc = {"model": entry.name, "layer": layer, "unit": unit, "targets": targets, "chains": chains,
                             "n_targets": n_targets}
         self.publish({"type": "started", **self.target_desc})
@@ -363,12 +381,14 @@ class LiveSession:
                 if self.disc is not None:
                     self.disc.mode = "mix" if value == "paper" else "density"
                 if s is not None:
-                    s.set_method(value)
+                    s.set_method(value)  # a fresh method: a Metropolis one adapts its step from the start
                     s.method.reset()
-                    self._acc_prev, self.acceptance = None, None
+                    self.acceptance = None
             setattr(self.params, key, value)
             if s is None:
                 continue
+            if key in ("temperature", "step_size") and isinstance(s.method, Metropolis):
+                s.method.restart_adaptation()  # the learned step no longer fits: adapt again
             if key == "temperature":
                 s.temperature = value
             elif key == "step_size":
@@ -393,20 +413,24 @@ class LiveSession:
         """The chains (their moving averages), the per-target means and the numbers, as a message."""
         s = self.sampler
         assert s is not None and self.entry is not None
-        shown = s.ema if s.ema is not None else s.x
+        shown = (s.ema if s.ema is not None else s.x).detach()
         n_t, chains = len(s.targets), s.chains
         zoom = 1  # the browser enlarges the pictures (pixelated): 4x fewer pixels to encode and send
-        per_target = shown.view(n_t, chains, *shown.shape[1:]).mean(1)
+        # The chains stay on the model's device; a frame copies to the host only what it shows: the
+        # pictures (one copy of `shown`) and its numbers (the last activations and the jitter, one
+        # small copy). Everything else (per-target means, pictures, stats) is computed from those copies.
         trace = s.activations
-        acts = trace[-1].view(n_t, chains) if len(trace) else torch.zeros(n_t, chains)
-        jitter = float((s.x - shown).pow(2).mean().sqrt()) if s.ema is not None else 0.0
+        last = trace[-1] if len(trace) else torch.zeros(s.batch, dtype=shown.dtype, device=shown.device)
+        jit = ((s.x - shown).pow(2).mean().sqrt() if s.ema is not None
+               else torch.zeros((), dtype=shown.dtype, device=shown.device))
+        numbers = torch.cat([last.to(shown.dtype), jit.reshape(1).to(shown.dtype)]).cpu()
+        shown = shown.cpu()
+        per_target = shown.view(n_t, chains, *shown.shape[1:]).mean(1)
+        acts, jitter = numbers[:-1].view(n_t, chains), float(numbers[-1])
         stats: dict[str, Any] = {"activation": float(acts.mean()), "jitter": jitter}
-        if isinstance(s.method, MALA) and s.method._accepted is not None:
-            total, n = float(s.method._accepted.mean()), s.method._proposed
-            if self._acc_prev is not None and n > self._acc_prev[1]:
-                rate = (total - self._acc_prev[0]) / (n - self._acc_prev[1])
-                self.acceptance = rate if self.acceptance is None else 0.8 * self.acceptance + 0.2 * rate
-            self._acc_prev = (total, n)
+        if isinstance(s.method, Metropolis):
+            recent = s.method.recent_acceptance  # over the last `window` proposals, all chains
+            self.acceptance = None if recent is None else float(recent.mean())
             stats["acceptance"] = self.acceptance
         if self.disc is not None:
             stats.update({k: v for k, v in self.disc.stats().items() if k in ("d_real", "d_fake")})
