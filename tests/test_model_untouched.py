@@ -105,3 +105,17 @@ def test_streaming_sampler_leaves_no_hooks_between_calls():
     for _ in range(3):
         s.run(4)
         assert_same(m, before)
+
+
+def test_a_session_block_holds_the_guard_across_runs_and_restores_on_exit():
+    m = make()
+    s = ldam.Sampler(m, ["fc:1", "output:0"], (1, 8, 8), chains=2, regularizers=[ldam.L2(1.0)])
+    before = snapshot(m)
+    with s.attached():
+        s.run(2)
+        assert not m.training and len(m.fc._forward_hooks) == 2  # the user's hook and ldam's
+        s.run(2)
+    assert_same(m, before)
+    ref = ldam.Sampler(make(), ["fc:1", "output:0"], (1, 8, 8), chains=2, regularizers=[ldam.L2(1.0)])
+    ref.run(4)
+    assert torch.equal(ref.x, s.x)

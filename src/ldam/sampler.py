@@ -10,8 +10,9 @@ import copy
 import hashlib
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -198,6 +199,7 @@ class Sampler:
         self._checked = 0
         self._good = self.x.clone()
         self._began = False
+        self._attached = False
 
     # ---- knobs -------------------------------------------------------------------------
     @property
@@ -252,22 +254,37 @@ class Sampler:
     def burned_in(self) -> bool:
         return self.burn_in_step is not None
 
+    @contextmanager
+    def attached(self) -> Iterator["Sampler"]:
+        """Hold the model guard and the capture hooks across many :meth:`run` calls (a live
+        session running one step per frame enters them once, not per frame). The model is
+        restored when the block ends, as after a single :meth:`run`."""
+        if self._attached:
+            yield self
+            return
+        with model_guard(self.model), self.target_set.attached():
+            self._attached = True
+            try:
+                yield self
+            finally:
+                self._attached = False
+
     def run(self, steps: int = 1) -> StepInfo | None:
         """Advance every chain ``steps`` steps. Returns the last step's :class:`StepInfo`."""
         info = None
-        with model_guard(self.model), self.target_set.attached(), torch.no_grad():
+        with self.attached(), torch.no_grad():
             if not self._began:
                 self._began = True
                 for cb in self.callbacks:
                     cb.on_begin(self)
             try:
-                for _ in range(steps):
-                    info = self._step()
+                for i in range(steps):
+                    info = self._step(describe=bool(self.callbacks) or i == steps - 1)
             finally:
                 self._check(final=True)
         return info
 
-    def _step(self) -> StepInfo:
+    def _step(self, describe: bool = True) -> StepInfo | None:
         t = self.t
         eps = evaluate(self.step_size, t, "step_size")
         temp = evaluate(self.temperature, t, "temperature")
@@ -293,6 +310,8 @@ class Sampler:
         self.t = t + 1
         if self.t - self._checked >= self.check_every:
             self._check()
+        if not describe:  # nobody reads it: no statistics (MALA's would cost a device sync)
+            return None
         stats = self.method.stats()
         for r in self.energy.regularizers:
             stats.update(r.stats())
@@ -317,20 +336,20 @@ class Sampler:
 
     def _keep(self) -> None:
         self._kept += 1
+        self._sum.add_(self.x)
         if self.keep_samples:
             self._samples.append(self.x.clone())
-        else:
-            self._sum.add_(self.x)
 
     def _check(self, final: bool = False) -> None:
         """Raise a clear error if any chain left the finite numbers since the last check."""
         if self.t == self._checked:
             return
         acts = self._act[self._checked - self._act_base : self.t - self._act_base]
-        big = self.x.abs().amax()
         limit = self.divergence_limit(evaluate(self.temperature, max(0, self.t - 1), "temperature"))
-        ok_x = bool(torch.isfinite(big)) and float(big) < limit
-        ok_f = bool(torch.isfinite(acts).all())
+        # one transfer for both numbers (a device sync per check, not three)
+        big, finite = torch.stack([self.x.abs().amax().double(), torch.isfinite(acts).all().double()]).tolist()
+        ok_x = math.isfinite(big) and big < limit
+        ok_f = finite == 1.0
         if ok_x and ok_f:
             self._checked = self.t
             self._good.copy_(self.x)
@@ -395,8 +414,6 @@ class Sampler:
         """Mean of the kept states, ``[batch, *input_shape]`` (``None`` before burn-in ends)."""
         if self._kept == 0:
             return None
-        if self.keep_samples:
-            return torch.stack(self._samples).mean(0)
         return self._sum / self._kept
 
     @property
