@@ -85,6 +85,11 @@ class Sampler:
         amp: ``"bf16"`` (or ``"fp16"``) runs the model's forward and backward under autocast;
             the chain state, the noise, the regularizers and Metropolis tests stay in the
             chains' dtype. ``None`` (the default) runs the model in its own dtype.
+        noise: where the chains' Gaussian noise comes from: ``"chain"`` (one seeded CPU
+            generator per chain, the fastest on a CPU), ``"counter"`` (Philox4x32-10 computed on
+            the model's device, :class:`ldam.noise.CounterNoise`: no host round trip), or
+            ``"auto"``: ``"chain"`` on the CPU, ``"counter"`` elsewhere. Either way a chain's
+            stream depends only on ``(seed, target, chain index)``; the two kinds differ.
 
     The chains are kept in the model's floating dtype (float32 or float64); for a bfloat16 or
     float16 model they are kept in float32 and cast for each forward pass (a
@@ -113,6 +118,7 @@ class Sampler:
         check_every: int = 10,
         unit_axes: Mapping[str, str | int] | None = None,
         amp: str | None = None,
+        noise: str = "auto",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -170,6 +176,7 @@ class Sampler:
             "seed": seed,
             "ema_tau": ema_tau,
             "init_scale": init_scale,
+            "noise": noise if noise != "auto" else ("chain" if self.device.type == "cpu" else "counter"),
             "model": type(model).__name__,
             "model_dtype": str(self.model_dtype).replace("torch.", ""),
             "chain_dtype": str(self.dtype).replace("torch.", ""),
@@ -177,7 +184,8 @@ class Sampler:
             "model_sha256": model_fingerprint(model),
             "torch": torch.__version__,
         }
-        self.noise = ChainNoise(chain_seeds(seed, self._config["targets"], chains), self.input_shape, self.device, self.dtype)
+        self.noise = make_noise(noise, self.device)(chain_seeds(seed, self._config["targets"], chains), self.input_shape,
+                                                    self.device, self.dtype)
         if init is not None:
             init = torch.as_tensor(init, dtype=self.dtype, device=self.device)
             if init.shape[1:] != self.input_shape or init.shape[0] not in (1, self.batch):
@@ -457,6 +465,19 @@ class Sampler:
         for cb in self.callbacks:
             cb.on_end(self, res)
         return res
+
+
+def make_noise(kind: str, device: torch.device) -> type:
+    """The noise class for ``kind`` (``"auto"``, ``"chain"`` or ``"counter"``) on ``device``."""
+    from .noise import CounterNoise
+
+    if kind == "auto":
+        kind = "chain" if device.type == "cpu" else "counter"
+    if kind == "chain":
+        return ChainNoise
+    if kind == "counter":
+        return CounterNoise
+    raise ValueError(f"noise must be 'auto', 'chain' or 'counter', got {kind!r}")
 
 
 def sample(
