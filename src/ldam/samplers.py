@@ -166,6 +166,8 @@ def hard_bounds(energy: Energy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     if not boxes:
         return None
     lo, hi = boxes[0].bounds(x)
+    if len(boxes) == 1:
+        return lo, hi  # Box checked low < high when it was made
     for b in boxes[1:]:
         lo_b, hi_b = b.bounds(x)
         lo, hi = torch.maximum(lo, lo_b), torch.minimum(hi, hi_b)
@@ -253,7 +255,7 @@ def _cosine_logpdf(y, m, s, lo, hi, w):
 
 
 def folded_normal_logpdf(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float,
-                         lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
+                         lo: torch.Tensor | float, hi: torch.Tensor | float, narrow: bool | None = None) -> torch.Tensor:
     """Per coordinate, the log density at ``y ∈ [lo, hi]`` of ``fold(mean + std·ξ)``: a Gaussian
     proposal reflected into the box at its walls.
 
@@ -263,14 +265,15 @@ def folded_normal_logpdf(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor 
     ``m``), which is done first. Computed in float64: in closed form over the five nearest images
     when ``s ≤ 0.19 W`` (the usual case), as a log-sum-exp over more images when
     ``s ≤ W/2``, and as the equivalent cosine series beyond; each is truncated where the rest is
-    below ``e^−40`` of the total. Returns float64, broadcast over the inputs.
+    below ``e^−40`` of the total. Returns float64, broadcast over the inputs. ``narrow`` may say
+    whether every ``std ≤ 0.19·(hi − lo)`` (one device sync fewer when the caller knows).
     """
     y, m, s, lo, hi = (torch.as_tensor(t, dtype=torch.float64, device=y.device) for t in (y, mean, std, lo, hi))
     y = y.expand(torch.broadcast_shapes(y.shape, m.shape, s.shape, lo.shape, hi.shape))
     w = hi - lo
     m = fold(m, lo, hi)[0]
     ratio = s / w
-    if float(ratio.max()) <= _NEAR_RATIO:
+    if narrow if narrow is not None else float(ratio.max()) <= _NEAR_RATIO:
         return _near_images_logpdf(y, m, s, lo, hi, w)
     y, m, s, lo, hi, w, ratio = torch.broadcast_tensors(y, m, s, lo, hi, w, ratio)
     out = torch.empty_like(y)
@@ -282,28 +285,44 @@ def folded_normal_logpdf(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor 
 
 
 class DiagonalMetric:
-    """A per-chain diagonal metric ``G`` learned as pSGLD's RMS preconditioner and frozen after.
+    """A per-chain diagonal metric ``G`` learned while adapting and frozen after.
 
-    ``V ← α V + (1 − α) g²`` (``g = ∇log p`` at the chain's state) while learning, then
-    ``G = 1 / (δ + √V)``, divided by its mean over the coordinates of each chain (so that the
-    step size keeps its meaning: ``ε`` is the mean proposal variance per coordinate) and clipped
-    to ``[1/max_ratio, max_ratio]``. A fixed ``G`` keeps the Metropolis chain exact.
+    ``kind="rms"`` is pSGLD's RMS preconditioner: ``V ← α V + (1 − α) g²`` (``g = ∇log p`` at the
+    chain's state), ``G = 1 / (δ + √V)``. ``kind="variance"`` is the chain's own per-coordinate
+    variance (Stan's choice of inverse mass): exponential moving mean ``μ`` and variance ``S`` of
+    the states, ``G = S + 10⁻³·mean(S)``. Either is divided by its mean over the coordinates of
+    each chain (so that ``ε`` stays the mean proposal variance per coordinate) and clipped to
+    ``[1/max_ratio, max_ratio]``. A fixed ``G`` keeps the Metropolis chain exact.
     """
 
-    def __init__(self, alpha: float, delta: float, max_ratio: float):
-        self.alpha, self.delta, self.max_ratio = alpha, delta, max_ratio
+    def __init__(self, alpha: float, delta: float, max_ratio: float, kind: str = "rms"):
+        if kind not in ("rms", "variance"):
+            raise ValueError(f"metric kind must be 'rms' or 'variance', got {kind!r}")
+        self.alpha, self.delta, self.max_ratio, self.kind = alpha, delta, max_ratio, kind
         self.v: torch.Tensor | None = None
+        self.mu: torch.Tensor | None = None
         self.g: torch.Tensor | None = None
 
-    def __call__(self, grad: torch.Tensor, learn: bool) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, grad: torch.Tensor, learn: bool) -> torch.Tensor:
         if self.v is None or self.v.shape != grad.shape:
-            self.v, self.g = grad * grad, None
+            self.v = grad * grad if self.kind == "rms" else torch.zeros_like(x)
+            self.mu, self.g = x.clone(), None
         elif learn:
-            self.v.mul_(self.alpha).addcmul_(grad, grad, value=1 - self.alpha)
+            if self.kind == "rms":
+                self.v.mul_(self.alpha).addcmul_(grad, grad, value=1 - self.alpha)
+            else:  # West's update of an exponentially weighted mean and variance
+                assert self.mu is not None
+                d = x - self.mu
+                self.mu.add_(d, alpha=1 - self.alpha)
+                self.v.addcmul_(d, d, value=1 - self.alpha).mul_(self.alpha)
             self.g = None
         if self.g is None:
-            g = (self.v.sqrt() + self.delta).reciprocal_()
-            g.div_(g.flatten(1).mean(1).view(-1, *([1] * (g.dim() - 1))))
+            view = (-1,) + (1,) * (self.v.dim() - 1)
+            if self.kind == "rms":
+                g = (self.v.sqrt() + self.delta).reciprocal_()
+            else:
+                g = self.v + (1e-3 * self.v.flatten(1).mean(1) + 1e-30).view(view)
+            g.div_(g.flatten(1).mean(1).view(view))
             self.g = g.clamp_(1 / self.max_ratio, self.max_ratio)
         return self.g
 
@@ -450,7 +469,7 @@ class MALA(Metropolis):
     def reset(self) -> None:
         self._cache = None
 
-    def _metric(self, g: torch.Tensor, learn: bool) -> torch.Tensor | None:
+    def _metric(self, x: torch.Tensor, g: torch.Tensor, learn: bool) -> torch.Tensor | None:
         return None
 
     def _metropolis_step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -466,7 +485,7 @@ class MALA(Metropolis):
         pv, gp = energy.prior(x)
         logp = log_prob(f, pv, T, a)
         g = grad_log_prob(gf, gp, T, a)
-        metric = self._metric(g, adapting)
+        metric = self._metric(x, g, adapting)
         xi = ctx.noise.normal()
         bounds = hard_bounds(energy, x)
         if metric is None:
@@ -484,8 +503,9 @@ class MALA(Metropolis):
         g2 = grad_log_prob(gf2, gp2, T, a)
         drift2 = (eps / 2).view(view) * (g2 if metric is None else metric * g2)
         if bounds is not None:
-            log_q_fwd = folded_normal_logpdf(prop, mean, std, *bounds).flatten(1).sum(1)
-            log_q_back = folded_normal_logpdf(x, prop + drift2, std, *bounds).flatten(1).sum(1)
+            narrow = float((std / (bounds[1] - bounds[0])).max()) <= _NEAR_RATIO  # one sync for both
+            log_q_fwd = folded_normal_logpdf(prop, mean, std, *bounds, narrow=narrow).flatten(1).sum(1)
+            log_q_back = folded_normal_logpdf(x, prop + drift2, std, *bounds, narrow=narrow).flatten(1).sum(1)
         elif metric is None:
             back = x - prop - drift2
             log_q_back = -back.flatten(1).pow(2).sum(1) / (2 * eps)
@@ -515,6 +535,7 @@ class PMALA(MALA):
     alpha: float = 0.99
     delta: float = 1e-5
     max_ratio: float = 100.0
+    metric_kind: str = "rms"
     name = "pmala"
     _rms: DiagonalMetric | None = field(default=None, init=False, repr=False)
 
@@ -523,10 +544,10 @@ class PMALA(MALA):
         """The current diagonal metric ``G`` per chain (``None`` before the first step)."""
         return None if self._rms is None else self._rms.g
 
-    def _metric(self, g: torch.Tensor, learn: bool) -> torch.Tensor:
+    def _metric(self, x: torch.Tensor, g: torch.Tensor, learn: bool) -> torch.Tensor:
         if self._rms is None:
-            self._rms = DiagonalMetric(self.alpha, self.delta, self.max_ratio)
-        return self._rms(g, learn)
+            self._rms = DiagonalMetric(self.alpha, self.delta, self.max_ratio, self.metric_kind)
+        return self._rms(x, g, learn)
 
 
 @dataclass
@@ -552,6 +573,7 @@ class HMC(Metropolis):
     alpha: float = 0.99
     delta: float = 1e-5
     max_ratio: float = 100.0
+    metric_kind: str = "rms"
     name = "hmc"
     _cache: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
     _rms: DiagonalMetric | None = field(default=None, init=False, repr=False)
@@ -581,8 +603,8 @@ class HMC(Metropolis):
         metric = None
         if self.metric:
             if self._rms is None:
-                self._rms = DiagonalMetric(self.alpha, self.delta, self.max_ratio)
-            metric = self._rms(g, adapting)
+                self._rms = DiagonalMetric(self.alpha, self.delta, self.max_ratio, self.metric_kind)
+            metric = self._rms(x, g, adapting)
         xi = ctx.noise.normal()
         p = xi / metric.sqrt() if metric is not None else xi.clone()
         kinetic = 0.5 * xi.double().flatten(1).pow(2).sum(1)
