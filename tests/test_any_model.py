@@ -457,3 +457,21 @@ def test_total_variation_closed_form_gradient_equals_autograd(shape, beta):
     xr = x.clone().requires_grad_(True)
     (want,) = torch.autograd.grad(tv.value(xr).sum(), xr)
     torch.testing.assert_close(tv.grad(x), want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_cli_lists_and_overrides_the_units_axis(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from ldam.cli import main
+
+    (tmp_path / "tok_models.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def make():\n    torch.manual_seed(0)\n    return nn.Sequential(nn.Linear(8, 6), nn.GELU(), nn.Flatten(), nn.Linear(18, 2))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tok_models", None)
+    assert main(["layers", "random", "--arch", "tok_models:make", "--input-shape", "3", "8"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["0"].split()[2:4] == ["[3,", "6]"] and rows["0"].split()[4] == "6" and "units: last axis" in rows["0"]
+    assert main(["layers", "random", "--arch", "tok_models:make", "--input-shape", "3", "8", "--unit-axis", "1=channels"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["1"].split()[4] == "3" and "set by unit_axes" in rows["1"]

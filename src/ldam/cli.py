@@ -176,9 +176,13 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
                    help="step size ε, or cyclic:HOT,COLD,PERIOD (default: %(default)s)")
     g.add_argument("--temperature", type=_schedule, default=0.02, metavar="T",
                    help="temperature T, or cyclic:HOT,COLD,PERIOD to anneal between modes (default: %(default)s)")
-    g.add_argument("--method", choices=["sgld", "mala", "psgld", "paper"], default="sgld",
-                   help="update rule: sgld, mala (exact, reports acceptance), psgld (preconditioned), paper "
+    g.add_argument("--method", choices=["sgld", "mala", "pmala", "hmc", "psgld", "paper"], default="sgld",
+                   help="update rule: sgld; the exact ones, which report their acceptance: mala, pmala (with a "
+                   "learned diagonal metric), hmc (5 leapfrog steps per proposal); psgld (preconditioned); paper "
                    "(the authors' normalized-gradient update) (default: %(default)s)")
+    g.add_argument("--amp", choices=["bf16", "fp16"], default=None,
+                   help="run the model's forward and backward under autocast; the chains stay float32 "
+                   "(default: off)")
     g.add_argument("--burn-in", type=_burn_in, default=None, metavar="N|auto",
                    help="steps to discard before averaging, or 'auto' (default: a quarter of --steps)")
     g.add_argument("--thin", type=_positive(int), default=None,
@@ -240,7 +244,7 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
         model, list(targets), input_shape=input_shape, chains=args.chains, steps=args.steps,
         step_size=args.step_size, temperature=args.temperature, regularizers=regularizers,
         method=args.method, burn_in=burn_in, thin=thin, seed=args.seed, ema_tau=args.ema_tau,
-        callbacks=callbacks,
+        callbacks=callbacks, amp=args.amp, unit_axes=dict(getattr(args, "unit_axis", None) or []),
     )
     res.config["model_spec"] = model_spec
     res.config["device"] = str(model_device(model))
@@ -296,13 +300,26 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
                       for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in [header, *rows]]
 
 
+def _unit_axis_item(text: str) -> tuple[str, str]:
+    name, sep, axis = text.rpartition("=")
+    if not sep or not name or axis not in ("channels", "last") and not axis.isdigit():
+        raise argparse.ArgumentTypeError(f"expected LAYER=channels, LAYER=last or LAYER=AXIS (an axis number), got {text!r}")
+    return name, int(axis) if axis.isdigit() else axis
+
+
+def _add_unit_axis(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unit-axis", type=_unit_axis_item, action="append", default=None, metavar="LAYER=AXIS",
+                   help="which axis of LAYER's output holds its units: channels (axis 1), last, or an axis number; "
+                   "overrides the rule shown by `ldam layers` (repeat for more layers)")
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     model, info = _load(args.model, args)
     input_shape = tuple(info.input_shape)
     from .guard import model_guard
 
     with model_guard(model):
-        layers = probe_layers(model, input_shape)
+        layers = probe_layers(model, input_shape, unit_axes=dict(args.unit_axis or []))
     arch = f" (--arch {args.arch})" if args.arch else ""
     print(f"{args.model}{arch}: input {list(input_shape)}")
     rows = []
@@ -378,7 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True,
                    help="zoo:NAME (see `ldam zoo`), a checkpoint file, or with --arch a weights file or 'random'")
     s.add_argument("--target", action="append", required=True,
-                   help="LAYER:UNIT, LAYER:UNIT@Y,X, LAYER:A-B, LAYER:* or output:UNIT; repeat for more")
+                   help="LAYER:UNIT, LAYER:UNIT@Y,X, LAYER:A-B, LAYER:* or output:UNIT (also relu#1:3 for a "
+                   "module's second call, attn[0]:5 or output.logits:3 for one tensor of what a layer returns); "
+                   "repeat for more")
+    _add_unit_axis(s)
     s.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
                    help="one example's shape, e.g. 1 28 28 (default: the model's own; required with --arch)")
     add_arch_options(s)
@@ -402,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
                     help="one example's shape, e.g. 3 224 224 (default: the model's own; required with --arch)")
     add_arch_options(ly)
+    _add_unit_axis(ly)
     add_device_option(ly, "the model is probed")
     ly.set_defaults(func=cmd_layers)
 

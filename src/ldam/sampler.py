@@ -71,7 +71,8 @@ class Sampler:
         step_size: ``ε``, a float or a schedule ``t ↦ ε_t``.
         temperature: ``T``, a float or a schedule ``t ↦ T_t``.
         regularizers: values such as ``[ldam.L2(1.0), ldam.TotalVariation(0.1)]``.
-        method: ``"sgld"``, ``"mala"``, ``"psgld"``, ``"paper"``, or a method value.
+        method: ``"sgld"``, ``"mala"``, ``"pmala"``, ``"hmc"``, ``"psgld"``, ``"paper"``, or a method
+            value such as ``ldam.HMC(leapfrog=10)``.
         burn_in: steps to discard, ``"auto"``, or an :class:`~ldam.burnin.AutoBurnIn`.
         thin: keep every ``thin``-th state after burn-in.
         seed: chain ``k`` of target ``τ`` is seeded from ``(seed, τ, k)``.
