@@ -10,7 +10,11 @@ The two timings of each pair alternate in short blocks, so drifts in machine loa
 the reported ratio is the median over blocks. On a GPU (``--device``, default auto: a GPU when there
 is one) every timed block ends with a synchronize, so queued work is counted.
 
-    python benchmarks/bench_step.py [--blocks 15] [--steps 40] [--device auto|cpu|cuda|cuda:N|mps]
+3. ResNet-50 at 224 px (``--resnet``; on by default on a GPU): SGLD and MALA steps and a
+   first-block target against a bare forward+backward; ``--amp bf16`` runs both sides under
+   autocast.
+
+    python benchmarks/bench_step.py [--blocks 15] [--steps 40] [--device auto|cpu|cuda|cuda:N|mps] [--resnet] [--amp bf16]
 """
 
 from __future__ import annotations
@@ -80,6 +84,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--device", default="auto", metavar="{" + ",".join(CHOICES) + "}",
                    help="where to run: auto takes a GPU when there is one, else the CPU (default: %(default)s)")
+    p.add_argument("--resnet", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure ResNet-50 at 224 px (default: on a GPU only)")
+    p.add_argument("--resnet-chains", type=int, default=None, help="ResNet-50 batch (default: 128 on a GPU, 4 on CPU)")
+    p.add_argument("--amp", choices=["bf16"], default=None, help="ResNet-50 under autocast, both sides")
     a = p.parse_args()
     try:
         dev = resolve_device(a.device)
@@ -117,6 +125,40 @@ def main() -> None:
     tf, (tt,), (r2,) = interleaved(full, [s1.run], max(5, a.blocks // 2), max(5, a.steps // 4), dev)
     print(f"[2] VGG-style net, 64 chains: full forward+backward {tf * 1e3:.2f} ms, first-layer target step "
           f"{tt * 1e3:.2f} ms, {1 / r2:.1f}x cheaper (target >= 5x)")
+
+    if a.resnet or (a.resnet is None and dev.type != "cpu"):
+        resnet(dev, a.resnet_chains or (128 if dev.type != "cpu" else 4), a.amp)
+
+
+def resnet(dev: torch.device, chains: int, amp: str | None) -> None:
+    """[3] ResNet-50 at 224 px (random weights): SGLD and MALA steps, and a truncated first-block
+    target, each against a bare forward+backward of the full model on the same batch."""
+    torch.manual_seed(0)
+    model = ldam.zoo.build("resnet50").eval().to(dev)
+    kw = dict(chains=chains, step_size=1e-3, temperature=1.0, regularizers=[ldam.L2(1.0)], burn_in=0, amp=amp)
+    sgld = ldam.Sampler(model, "output:0", (3, 224, 224), **kw)
+    mala = ldam.Sampler(model, "output:0", (3, 224, 224), method="mala", **kw)
+    first = ldam.Sampler(model, "layer1.0.conv1:3", (3, 224, 224), **kw)
+    x = sgld.x.clone()
+
+    def bare(n: int) -> None:
+        for _ in range(n):
+            xr = x.detach().requires_grad_(True)
+            if amp:
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                    out = model(xr).sum()
+            else:
+                out = model(xr).sum()
+            torch.autograd.grad(out, xr)
+
+    blocks, steps = (7, 5) if dev.type != "cpu" else (3, 1)
+    bare(2), sgld.run(2), mala.run(2), first.run(2)
+    tb, (ts, tm, tf), (rs, rm, rf) = interleaved(bare, [sgld.run, mala.run, first.run], blocks, steps, dev)
+    tag = f", autocast {amp}" if amp else ""
+    print(f"[3] ResNet-50, 224 px, {chains} chains{tag}: bare forward+backward {tb * 1e3:.1f} ms")
+    print(f"    SGLD step {ts * 1e3:.1f} ms = {rs:.3f}x (GPU target <= 1.10); MALA step {tm * 1e3:.1f} ms = "
+          f"{rm:.3f}x (GPU target <= 1.15); layer1.0.conv1 target {tf * 1e3:.1f} ms, {1 / rf:.1f}x cheaper "
+          f"(GPU target >= 3x)")
 
 
 if __name__ == "__main__":
