@@ -313,7 +313,7 @@ def test_the_sampler_runs_on_counter_noise_and_a_chain_ignores_its_batch():
     assert torch.equal(both.samples[2:], alone.samples)
     noise = CounterNoise(chain_seeds(5, ["output:1"], 2), (6,), torch.device("cpu"), torch.float32)
     x = noise.initial()
-    w, b = m[1].weight[1].detach(), m[1].bias[1].detach()
+    w = m[1].weight[1].detach()
     for t in range(12):
         torch.testing.assert_close(alone.samples[:, t], x, rtol=1e-5, atol=1e-5)
         x = x + 0.05 / 2 * (w - x) + 0.05 ** 0.5 * noise.normal()

@@ -246,7 +246,7 @@ def load_arch_model(spec: str, arch: str, arch_kwargs: Mapping[str, Any] | str |
         raise ArchError(f"--arch applies to weights files and '{RANDOM}'; {spec} has its own architecture "
                         "(drop --arch)")
     if not input_shape:
-        raise ArchError(f"a model built by --arch needs its input shape: pass --input-shape, the shape of one "
+        raise ArchError("a model built by --arch needs its input shape: pass --input-shape, the shape of one "
                         "example without the batch dimension, e.g. --input-shape 3 224 224")
     shape = tuple(int(n) for n in input_shape)
     m, s = normalization(shape, mean, std)
