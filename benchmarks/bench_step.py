@@ -28,7 +28,7 @@ from torch import nn
 
 import ldam
 import ldam.zoo
-from ldam.device import CHOICES, resolve_device, synchronize
+from ldam.device import CHOICES, script_device, synchronize
 
 
 def bare_step(model: nn.Module, x: torch.Tensor) -> None:
@@ -89,12 +89,7 @@ def main() -> None:
     p.add_argument("--resnet-chains", type=int, default=None, help="ResNet-50 batch (default: 128 on a GPU, 4 on CPU)")
     p.add_argument("--amp", choices=["bf16"], default=None, help="ResNet-50 under autocast, both sides")
     a = p.parse_args()
-    try:
-        dev = resolve_device(a.device)
-    except ldam.LdamError as e:
-        raise SystemExit(f"bench_step.py: error: {e}") from None
-    where = f"{torch.get_num_threads()} threads" if dev.type == "cpu" else str(dev)
-    print(f"torch {torch.__version__}, {where}")
+    dev = script_device(a.device, "bench_step.py")
 
     model, info = ldam.zoo.load("lenet-mnist")
     model = model.to(dev)

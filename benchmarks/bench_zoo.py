@@ -22,7 +22,7 @@ import torch
 
 import ldam
 import ldam.zoo
-from ldam.device import CHOICES, resolve_device, synchronize
+from ldam.device import CHOICES, script_device, synchronize
 
 PLAN = {  # zoo name: (targets, chains per target for each batch size tried)
     "lenet-mnist": ("output:0-9", (10, 40, 100)),
@@ -41,12 +41,7 @@ def main() -> None:
     p.add_argument("--device", default="auto", metavar="{" + ",".join(CHOICES) + "}",
                    help="where to run: auto takes a GPU when there is one, else the CPU (default: %(default)s)")
     a = p.parse_args()
-    try:
-        dev = resolve_device(a.device)
-    except ldam.LdamError as e:
-        raise SystemExit(f"bench_zoo.py: error: {e}") from None
-    where = f"{torch.get_num_threads()} threads" if dev.type == "cpu" else str(dev)
-    print(f"torch {torch.__version__}, {where}")
+    dev = script_device(a.device, "bench_zoo.py")
     print(f"{'model':30s} {'batch':>6s} {'image-steps/s':>14s} {'bare fwd+bwd/s':>15s} {'ratio':>6s}")
     for name in a.models:
         if name not in ldam.zoo.names():

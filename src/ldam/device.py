@@ -101,3 +101,17 @@ def synchronize(device: torch.device | str) -> None:
 
 
 __all__ = ["resolve_device", "model_device", "synchronize", "CHOICES", "DeviceError"]
+
+
+def script_device(spec: str, prog: str) -> torch.device:
+    """:func:`resolve_device` for a script: a bad request exits with ``PROG: error: ...``. Prints
+    the torch version and where the script runs."""
+    from .errors import LdamError
+
+    try:
+        dev = resolve_device(spec)
+    except LdamError as e:
+        raise SystemExit(f"{prog}: error: {e}") from None
+    where = f"{torch.get_num_threads()} threads" if dev.type == "cpu" else str(dev)
+    print(f"torch {torch.__version__}, {where}")
+    return dev

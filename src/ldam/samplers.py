@@ -429,6 +429,17 @@ class Metropolis(Method):
         self._was_adapting = adapting
         return adapting, ctx.step_size * self._log_scale.exp()
 
+    def _decide(self, x: torch.Tensor, prop: torch.Tensor, now: tuple[torch.Tensor, torch.Tensor],
+                then: tuple[torch.Tensor, torch.Tensor], log_alpha: torch.Tensor, ctx: StepContext,
+                adapting: bool) -> None:
+        """Accept each chain's proposal with probability ``min(1, exp(log_alpha))``: move ``x`` in
+        place, keep ``(f, ∇f)`` of the state each chain ends in, and count and adapt."""
+        accept = ctx.noise.uniform().log() < log_alpha
+        view = (x.shape[0],) + (1,) * (x.dim() - 1)
+        x.copy_(torch.where(accept.view(view), prop, x))
+        self._cache = (torch.where(accept, then[0], now[0]), torch.where(accept.view(view), then[1], now[1]))
+        self._finish(accept, log_alpha, adapting)
+
     def _finish(self, accept: torch.Tensor, log_alpha: torch.Tensor, adapting: bool) -> None:
         acc = accept.to(torch.float64)
         self._accepted = acc if self._accepted is None else self._accepted + acc
@@ -515,10 +526,7 @@ class MALA(Metropolis):
             log_q_back = -0.5 * back.flatten(1).pow(2).sum(1)
             log_q_fwd = -0.5 * xi.flatten(1).pow(2).sum(1)
         log_alpha = _log_alpha(logp2 - logp + log_q_back - log_q_fwd)
-        accept = ctx.noise.uniform().log() < log_alpha
-        x.copy_(torch.where(accept.view(view), prop, x))
-        self._cache = (torch.where(accept, f2, f), torch.where(accept.view(view), gf2, gf))
-        self._finish(accept, log_alpha, adapting)
+        self._decide(x, prop, (f, gf), (f2, gf2), log_alpha, ctx, adapting)
         return f
 
 
@@ -626,10 +634,7 @@ class HMC(Metropolis):
         pd = p.double()
         kinetic2 = 0.5 * (pd.pow(2) if metric is None else pd.pow(2) * metric.double()).flatten(1).sum(1)
         log_alpha = _log_alpha(logp2.double() - kinetic2 - logp.double() + kinetic)
-        accept = ctx.noise.uniform().log() < log_alpha
-        x.copy_(torch.where(accept.view(view), q, x))
-        self._cache = (torch.where(accept, f2, f), torch.where(accept.view(view), gf2, gf))
-        self._finish(accept, log_alpha, adapting)
+        self._decide(x, q, (f, gf), (f2, gf2), log_alpha, ctx, adapting)
         return f
 
     @property
