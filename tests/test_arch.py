@@ -264,7 +264,7 @@ def test_eval_with_arch_on_mnist_matches_a_direct_computation(tmp_path, capsys):
             pred = net((images.float() / 255 - mean) / std).argmax(1)
         direct = float((pred == labels).double().mean())
         assert out[-1] == f"accuracy: {direct:.4f}", (out, direct)
-        assert f"(10000 images, inputs (pixel - [{mean}]) / [{std}])" in out[0]
+        assert f"(10000 images, inputs (pixel - [{mean}]) / [{std}], on cpu)" in out[0]
     assert direct < 0.99  # without the model's normalization it is worse: the flags matter
     assert main(["eval", str(tmp_path / "w.pt"), "--arch", "arch_fixtures:lenet"]) == 2
     assert "needs the test set: add --dataset mnist|cifar10" in one_line_error(capsys)
