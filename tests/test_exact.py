@@ -27,7 +27,7 @@ import ldam
 from ldam.analysis import ess
 from ldam.samplers import folded_normal_logpdf
 from conftest import require_data
-from models import LinearNeuron
+from models import LinearNeuron, SmallConvNet
 
 ROOT = Path(__file__).resolve().parent.parent
 W16 = torch.linspace(-1.5, 1.5, 16).reshape(1, 4, 4)
@@ -403,3 +403,33 @@ def test_benchmark_runs_in_quick_mode(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| hmc | 2x |" in proc.stdout and (tmp_path / "results-quick.json").exists()
+
+
+@pytest.mark.parametrize("method", ["mala", "hmc"])
+def test_the_prior_at_the_current_state_is_reused_exactly(method, monkeypatch):
+    """Issue 11: the accepted side of the last step already computed Σ λR and its gradient.
+    Reusing it gives bit-identical chains with one prior evaluation fewer per step; a critic
+    (not static) is never reused."""
+    from ldam.energy import Energy
+
+    def run(cache: bool):
+        calls = []
+        real = Energy.prior
+
+        def counted(self, x, with_value=True):
+            calls.append(with_value)
+            return real(self, x, with_value)
+
+        monkeypatch.setattr(Energy, "prior", counted)
+        if not cache:
+            monkeypatch.setattr(Energy, "prior_key", lambda self: None)
+        res = ldam.sample(SmallConvNet(), ["fc:1", "conv2:0"], input_shape=(1, 12, 12), chains=3, steps=25,
+                          burn_in=5, step_size=0.01, method=method,
+                          regularizers=[ldam.L2(0.5), ldam.TotalVariation(0.2), ldam.Box(-2.0, 2.0, weight=1.0)])
+        monkeypatch.undo()
+        return res, len(calls)
+
+    cached, n_cached = run(True)
+    fresh, n_fresh = run(False)
+    assert torch.equal(cached.samples, fresh.samples) and torch.equal(cached.activations, fresh.activations)
+    assert n_fresh - n_cached == 25 - 1  # every step but the first reuses the current state's prior

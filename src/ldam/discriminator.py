@@ -473,9 +473,10 @@ class Discriminator(Regularizer):
             self._opt.zero_grad(set_to_none=True)
             loss.backward()
             self._opt.step()
-        d_real, d_fake = float(torch.sigmoid(lr_.detach()).mean()), float(torch.sigmoid(lf.detach()).mean())
+        scores = torch.stack([torch.sigmoid(lr_.detach()).mean(), torch.sigmoid(lf.detach()).mean(), loss.detach()])
+        d_real, d_fake, critic_loss = scores.double().tolist()  # one device sync, not three
         self.updates += 1
-        self.last = {"d_real": d_real, "d_fake": d_fake, "critic_loss": float(loss.detach())}
+        self.last = {"d_real": d_real, "d_fake": d_fake, "critic_loss": critic_loss}
         self._watch(d_real, d_fake)
         return dict(self.last)
 

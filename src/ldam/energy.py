@@ -16,6 +16,7 @@ mode) or, with ``method="paper"``, replace the drift by a normalized mix.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -29,6 +30,9 @@ class Regularizer:
 
     name: str = "regularizer"
     weight: float
+    #: True when ``R`` is a fixed function of ``x`` and the regularizer's fields (no learning, no
+    #: hidden state), so a sampler may reuse ``R`` and ``∇R`` computed at the same state.
+    static: bool = False
     #: True when ``∇R(x) = x`` exactly, so samplers may fold ``λ∇R`` into a scalar multiply.
     identity_gradient: bool = False
 
@@ -77,6 +81,7 @@ class L2(Regularizer):
     """``R(x) = ½‖x‖²``. With a linear neuron ``f = w·x`` the density is exactly ``N(w/λ, (T/λ) I)``."""
 
     weight: float = 1.0
+    static = True
     name: str = field(default="l2", init=False)
     identity_gradient = True
 
@@ -101,6 +106,7 @@ class TotalVariation(Regularizer):
     weight: float = 1.0
     beta: float = 1.0
     delta: float = 1e-4
+    static = True
     name: str = field(default="tv", init=False)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +156,7 @@ class Box(Regularizer):
     low: float | Sequence[float] = 0.0
     high: float | Sequence[float] = 1.0
     weight: float | None = None
+    static = True
     name: str = field(default="box", init=False)
 
     def __post_init__(self) -> None:
@@ -276,6 +283,17 @@ class Energy:
                 g = r.grad(x)
                 rest = w * g if rest is None else rest.add_(g, alpha=w)
         return k, rest
+
+    def prior_key(self) -> tuple | None:
+        """Equal between two calls exactly when ``Σ λ_i R_i`` is the same function of ``x`` (every
+        term static, the same fields); ``None`` when a term learns (a critic)."""
+        key = []
+        for r in self.soft:
+            if not r.static:
+                return None
+            fields = dataclasses.fields(r) if dataclasses.is_dataclass(r) else ()
+            key.append((id(r), r.prior_weight, tuple(getattr(r, f.name) for f in fields)))
+        return tuple(key)
 
     def inside(self, x: torch.Tensor) -> torch.Tensor | None:
         """Per row, whether ``x`` satisfies every hard constraint (``None`` if there are none)."""

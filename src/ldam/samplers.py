@@ -431,7 +431,7 @@ class Metropolis(Method):
 
     def _decide(self, x: torch.Tensor, prop: torch.Tensor, now: tuple[torch.Tensor, torch.Tensor],
                 then: tuple[torch.Tensor, torch.Tensor], log_alpha: torch.Tensor, ctx: StepContext,
-                adapting: bool) -> None:
+                adapting: bool) -> torch.Tensor:
         """Accept each chain's proposal with probability ``min(1, exp(log_alpha))``: move ``x`` in
         place, keep ``(f, ∇f)`` of the state each chain ends in, and count and adapt."""
         accept = ctx.noise.uniform().log() < log_alpha
@@ -439,6 +439,24 @@ class Metropolis(Method):
         x.copy_(torch.where(accept.view(view), prop, x))
         self._cache = (torch.where(accept, then[0], now[0]), torch.where(accept.view(view), then[1], now[1]))
         self._finish(accept, log_alpha, adapting)
+        return accept
+
+    def _prior(self, energy: Energy, x: torch.Tensor) -> tuple[tuple | None, torch.Tensor | None, torch.Tensor | None]:
+        """``Σ λR`` and its gradient at the current state: reused from the last step when every
+        term is static and unchanged (the accepted side of the last step computed them)."""
+        key = energy.prior_key()
+        cached = self.__dict__.get("_prior_cache")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached
+        return (key, *energy.prior(x))
+
+    def _keep_prior(self, key: tuple | None, accept: torch.Tensor, now: tuple, then: tuple) -> None:
+        if key is None or now[0] is None or then[0] is None:
+            self.__dict__["_prior_cache"] = None
+            return
+        view = (accept.shape[0],) + (1,) * (now[1].dim() - 1)
+        self.__dict__["_prior_cache"] = (key, torch.where(accept, then[0], now[0]),
+                                         torch.where(accept.view(view), then[1], now[1]))
 
     def _finish(self, accept: torch.Tensor, log_alpha: torch.Tensor, adapting: bool) -> None:
         acc = accept.to(torch.float64)
@@ -479,6 +497,7 @@ class MALA(Metropolis):
 
     def reset(self) -> None:
         self._cache = None
+        self.__dict__["_prior_cache"] = None
 
     def _metric(self, x: torch.Tensor, g: torch.Tensor, learn: bool) -> torch.Tensor | None:
         return None
@@ -493,7 +512,7 @@ class MALA(Metropolis):
         if self._cache is None:
             self._cache = energy.activation(x)
         f, gf = self._cache
-        pv, gp = energy.prior(x)
+        key, pv, gp = self._prior(energy, x)
         logp = log_prob(f, pv, T, a)
         g = grad_log_prob(gf, gp, T, a)
         metric = self._metric(x, g, adapting)
@@ -526,7 +545,8 @@ class MALA(Metropolis):
             log_q_back = -0.5 * back.flatten(1).pow(2).sum(1)
             log_q_fwd = -0.5 * xi.flatten(1).pow(2).sum(1)
         log_alpha = _log_alpha(logp2 - logp + log_q_back - log_q_fwd)
-        self._decide(x, prop, (f, gf), (f2, gf2), log_alpha, ctx, adapting)
+        accept = self._decide(x, prop, (f, gf), (f2, gf2), log_alpha, ctx, adapting)
+        self._keep_prior(key, accept, (pv, gp), (pv2, gp2))
         return f
 
 
@@ -592,6 +612,7 @@ class HMC(Metropolis):
 
     def reset(self) -> None:
         self._cache = None
+        self.__dict__["_prior_cache"] = None
 
     def _metropolis_step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         energy, T = ctx.energy, ctx.temperature
@@ -605,7 +626,7 @@ class HMC(Metropolis):
         if self._cache is None:
             self._cache = energy.activation(x)
         f, gf = self._cache
-        pv, gp = energy.prior(x)
+        key, pv, gp = self._prior(energy, x)
         logp = log_prob(f, pv, T, a)
         g = grad_log_prob(gf, gp, T, a)
         metric = None
@@ -634,7 +655,8 @@ class HMC(Metropolis):
         pd = p.double()
         kinetic2 = 0.5 * (pd.pow(2) if metric is None else pd.pow(2) * metric.double()).flatten(1).sum(1)
         log_alpha = _log_alpha(logp2.double() - kinetic2 - logp.double() + kinetic)
-        self._decide(x, q, (f, gf), (f2, gf2), log_alpha, ctx, adapting)
+        accept = self._decide(x, q, (f, gf), (f2, gf2), log_alpha, ctx, adapting)
+        self._keep_prior(key, accept, (pv, gp), (pv2, gp2))
         return f
 
     @property
