@@ -25,9 +25,11 @@ from .errors import (
 )
 from .results import Result
 from .sampler import Sampler, StepInfo, sample
-from .samplers import HMC, MALA, PMALA, PSGLD, SGLD, Method, Metropolis, Paper
+from .parameterization import Generator, Parameterization, Spectral
+from .samplers import HMC, MALA, PMALA, PSGLD, SGLD, Ascent, Method, Metropolis, Paper
 from .schedules import CyclicAnnealing, PolynomialDecay
 from .targets import Target, probe_layers, resolve
+from .transforms import Jitter, Rotate, Scale, Transform
 
 __version__ = "0.1.0"
 
@@ -36,7 +38,8 @@ __all__ = [
     "Target", "resolve", "probe_layers",
     "Regularizer", "L2", "TotalVariation", "Box", "Energy",
     "Discriminator", "CriticTraining", "RealImages", "ConvCritic", "MLPCritic",
-    "Method", "SGLD", "Metropolis", "MALA", "PMALA", "HMC", "PSGLD", "Paper",
+    "Method", "SGLD", "Metropolis", "MALA", "PMALA", "HMC", "PSGLD", "Paper", "Ascent",
+    "Parameterization", "Spectral", "Generator", "Transform", "Jitter", "Scale", "Rotate",
     "PolynomialDecay", "CyclicAnnealing",
     "BurnIn", "FixedBurnIn", "AutoBurnIn",
     "Callback", "ProgressBar", "GifRecorder",

@@ -10,7 +10,7 @@ import copy
 import hashlib
 import math
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -22,10 +22,12 @@ from .callbacks import Callback
 from .energy import L2, Energy, Regularizer
 from .errors import DivergenceError, LdamError, NonFiniteActivationError, PrecisionNote, ShapeError
 from .guard import model_guard
+from .parameterization import LatentEnergy, Parameterization
 from .results import Result
 from .samplers import ChainNoise, Method, Metropolis, StepContext, chain_seeds, make_method
 from .schedules import Schedule, evaluate
 from .targets import Target, TargetSet, _model_device, _model_dtype, probe_layers, resolve
+from .transforms import Transform, Transformed
 
 
 @dataclass
@@ -91,6 +93,13 @@ class Sampler:
             the model's device, :class:`ldam.noise.CounterNoise`: no host round trip), or
             ``"auto"``: ``"chain"`` on the CPU, ``"counter"`` elsewhere. Either way a chain's
             stream depends only on ``(seed, target, chain index)``; the two kinds differ.
+        parameterization: where the chains live (:mod:`ldam.parameterization`): ``None`` for the
+            input itself, or e.g. ``ldam.Spectral()`` / ``ldam.Generator(G, (64,))``; the state
+            :attr:`x` is then the latent ``z`` and :meth:`images` maps it to inputs. Means,
+            samples and the EMA are kept as images.
+        transforms: e.g. ``[ldam.Jitter(8), ldam.Rotate(10)]``: the activation becomes
+            ``E_τ f(τ(x))``, estimated with ``transform_draws`` random transforms per chain and
+            step (:mod:`ldam.transforms`). Unadjusted methods only.
 
     The chains are kept in the model's floating dtype (float32 or float64); for a bfloat16 or
     float16 model they are kept in float32 and cast for each forward pass (a
@@ -120,6 +129,9 @@ class Sampler:
         unit_axes: Mapping[str, str | int] | None = None,
         amp: str | None = None,
         noise: str = "auto",
+        parameterization: Parameterization | None = None,
+        transforms: Sequence[Transform] = (),
+        transform_draws: int = 1,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -149,9 +161,19 @@ class Sampler:
                                                  amp=amp).to(self.device)
         self.targets = self.target_set.targets
         self.chains = chains
-        self.energy = Energy(self.target_set, regularizers)
+        keys = chain_seeds(seed, self.target_set.describe(), chains)
+        self.transforms = list(transforms)
+        measured = Transformed(self.target_set, self.transforms, keys, transform_draws) if self.transforms else self.target_set
+        self.energy: Energy = Energy(measured, regularizers)
         for r in self.energy.regularizers:
             r.bind(self.input_shape, self.device, self.dtype)
+        self.parameterization = parameterization
+        self.state_shape = self.input_shape
+        if parameterization is not None:
+            if not isinstance(parameterization, Parameterization):
+                raise TypeError(f"parameterization must be a value such as ldam.Spectral(), got {parameterization!r}")
+            self.state_shape = tuple(parameterization.bind(self.input_shape, self.device, self.dtype))
+            self.energy = LatentEnergy(self.energy, parameterization)
         self.method = make_method(method)
         self._check_mix(self.method)
         self.step_size: Schedule = step_size
@@ -182,15 +204,19 @@ class Sampler:
             "model_dtype": str(self.model_dtype).replace("torch.", ""),
             "chain_dtype": str(self.dtype).replace("torch.", ""),
             "amp": amp,
+            "parameterization": None if parameterization is None else parameterization.describe(),
+            "transforms": [repr(t) for t in self.transforms],
+            "transform_draws": transform_draws if self.transforms else None,
             "model_sha256": model_fingerprint(model),
             "torch": torch.__version__,
         }
-        self.noise = make_noise(noise, self.device)(chain_seeds(seed, self._config["targets"], chains), self.input_shape,
-                                                    self.device, self.dtype)
+        self.noise = make_noise(noise, self.device)(keys, self.state_shape, self.device, self.dtype)
         if init is not None:
             init = torch.as_tensor(init, dtype=self.dtype, device=self.device)
-            if init.shape[1:] != self.input_shape or init.shape[0] not in (1, self.batch):
-                raise ShapeError(f"init must have shape [{self.batch} or 1, *{self.input_shape}], got {list(init.shape)}")
+            if init.shape[1:] != self.state_shape or init.shape[0] not in (1, self.batch):
+                where = "" if parameterization is None else " (the latent of the parameterization)"
+                raise ShapeError(f"init must have shape [{self.batch} or 1, *{self.state_shape}]{where}, "
+                                 f"got {list(init.shape)}")
             self.x = init.expand(self.batch, *self.input_shape).clone()
             self.noise.initial()
         else:
@@ -202,7 +228,8 @@ class Sampler:
         self._act_base = 0  # step of self._act[0]; raised by forget_trace
         self._samples: list[torch.Tensor] = []
         self._kept = 0
-        self._sum = torch.zeros_like(self.x)
+        self._sum = torch.zeros(self.batch, *self.input_shape, dtype=self.dtype, device=self.device)
+        self._observers = [r for r in self.energy.regularizers if type(r).observe is not Regularizer.observe]
         self.ema: torch.Tensor | None = None
         self.burn_in_step: int | None = None
         self._checked = 0
@@ -231,12 +258,27 @@ class Sampler:
             return
         raise KeyError(f"no regularizer named {name!r}; have {[r.name for r in self.energy.regularizers]}")
 
+    def images(self, state: torch.Tensor | None = None) -> torch.Tensor:
+        """The inputs ``x = Φ(z)`` for a state (default: the chains' current state :attr:`x`);
+        the state itself without a parameterization."""
+        z = self.x if state is None else state
+        if self.parameterization is None:
+            return z
+        with torch.no_grad(), self.parameterization.guard():
+            return self.parameterization.forward(z)
+
     def set_method(self, method: str | Method) -> None:
         m = make_method(method)
         self._check_mix(m)
         self.method = m
 
     def _check_mix(self, method: Method) -> None:
+        if isinstance(method, Metropolis) and self.transforms:
+            raise ValueError(
+                f"{method.name!r} needs the exact energy, but transforms make the activation a random estimate "
+                "of E_τ f(τ(x)) (a Metropolis test on it would target another density): use method='sgld', "
+                "'psgld' or 'ascent' with transforms, or drop the transforms"
+            )
         if method.name != "paper" and any(getattr(r, "mode", None) == "mix" for r in self.energy.regularizers):
             raise ValueError(
                 f"a discriminator in mode='mix' mixes RMS-normalized gradients, which only the authors' update "
@@ -271,7 +313,8 @@ class Sampler:
         if self._attached:
             yield self
             return
-        with model_guard(self.model), self.target_set.attached():
+        guard = self.parameterization.guard() if self.parameterization is not None else nullcontext()
+        with model_guard(self.model), self.target_set.attached(), guard:
             self._attached = True
             try:
                 yield self
@@ -297,13 +340,16 @@ class Sampler:
         t = self.t
         eps = evaluate(self.step_size, t, "step_size")
         temp = evaluate(self.temperature, t, "temperature")
+        self.energy.temperature = temp
         if self.burn_in_step is None and self.burn_in.ready(t):
             self._begin_keeping(t)
         elif self.burn_in_step is not None:
+            keep = (t - self.burn_in_step) % self.thin == 0
+            img = self.images() if self.ema is not None or keep else None
             if self.ema is not None:
-                self.ema.lerp_(self.x, 1.0 / self.ema_tau)  # type: ignore[operator]
-            if (t - self.burn_in_step) % self.thin == 0:
-                self._keep()
+                self.ema.lerp_(img, 1.0 / self.ema_tau)  # type: ignore[operator]
+            if keep:
+                self._keep(img)
         ctx = StepContext(self.energy, eps, temp, self.noise, t, adapting=self.burn_in_step is None)
         f = self.method.step(self.x, ctx)
         i = t - self._act_base
@@ -312,8 +358,10 @@ class Sampler:
             grown[: self._act.shape[0]] = self._act
             self._act = grown
         self._act[i] = f
-        for r in self.energy.regularizers:
-            r.observe(self.x, t)
+        if self._observers:
+            img = self.images()
+            for r in self._observers:
+                r.observe(img, t)
         if self.burn_in_step is None:
             self.burn_in.observe(t, f.view(len(self.targets), self.chains))
         self.t = t + 1
@@ -339,15 +387,16 @@ class Sampler:
             )
         if isinstance(self.method, Metropolis):
             self.method.reset_counts()
-        self._keep()
+        img = self.images()
+        self._keep(img)
         if self.ema_tau is not None:
-            self.ema = self.x.clone()
+            self.ema = img.clone()
 
-    def _keep(self) -> None:
+    def _keep(self, img: torch.Tensor) -> None:
         self._kept += 1
-        self._sum.add_(self.x)
+        self._sum.add_(img)
         if self.keep_samples:
-            self._samples.append(self.x.clone())
+            self._samples.append(img.clone())
 
     def _check(self, final: bool = False) -> None:
         """Raise a clear error if any chain left the finite numbers since the last check."""
@@ -427,7 +476,7 @@ class Sampler:
 
     @property
     def samples(self) -> torch.Tensor:
-        """Kept states, ``[batch, n_kept, *input_shape]``."""
+        """Kept states (as images), ``[batch, n_kept, *input_shape]``."""
         if not self._samples:
             return torch.empty(self.batch, 0, *self.input_shape, dtype=self.dtype, device=self.device)
         return torch.stack(self._samples, 1)
@@ -455,10 +504,10 @@ class Sampler:
             targets=list(self.targets),
             chains=self.chains,
             samples=move(self.samples),
-            mean=move(self.mean if self.mean is not None else self.x),
+            mean=move(self.mean if self.mean is not None else self.images()),
             activations=move(self.activations),
             ema=None if self.ema is None else move(self.ema),
-            last=move(self.x),
+            last=move(self.images()),
             acceptance=None if acceptance is None else move(acceptance),
             burn_in=self.burn_in_step if self.burn_in_step is not None else self.t,
             config=self.config,

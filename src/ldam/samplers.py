@@ -16,6 +16,8 @@ Each method moves the chains ``x`` (in place) one step towards samples of
 ``Paper``  the authors' BIDMach update (PAPER.md §6): RMS-normalized activation gradient, noise
            ``σ_t = T / (1 + τ²)`` with ``τ`` the step within a frame, L2 pull ``2λx/s``,
            momentum 0.9 and step ``s·η·m``.
+``Ascent`` gradient ascent on the same ``log p`` (Adam or plain steps, no noise): the
+           optimizer-based baseline, for comparisons on identical objectives.
 """
 
 from __future__ import annotations
@@ -776,13 +778,61 @@ class Paper(Method):
         return (1 + self.momentum) / (l2 * (1 - self.momentum))
 
 
+@dataclass
+class Ascent(Method):
+    """Gradient ascent on the same ``log p`` (no noise): the optimizer-based baseline.
+
+    ``optimizer="adam"``: ``x ← x + ε · m̂ / (√v̂ + δ)`` with Adam's bias-corrected moments of
+    ``∇log p`` (``β₁, β₂``), per coordinate and so per chain; ``ε`` is the sampler's step size
+    (a learning rate such as 0.05). ``optimizer="gd"``: ``x ← x + (ε/2) ∇log p``, SGLD's drift.
+    It climbs to a mode of ``p`` (a maximum of ``f − Σ λR`` in pixel space); the chains differ only
+    by where they started. Hard boxes are kept by folding, as in SGLD.
+    """
+
+    optimizer: str = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    delta: float = 1e-8
+    name = "ascent"
+    _m: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _v: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _n: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "gd"):
+            raise ValueError(f"Ascent's optimizer must be 'adam' or 'gd', got {self.optimizer!r}")
+
+    def reset(self) -> None:
+        self._m = self._v = None
+        self._n = 0
+
+    def step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        f, gf = ctx.energy.activation(x)
+        _, gp = ctx.energy.prior(x, with_value=False)
+        g = grad_log_prob(gf, gp, ctx.temperature, ctx.energy.activation_scale)
+        if self.optimizer == "gd":
+            x.add_(g, alpha=ctx.step_size / 2)
+        else:
+            b1, b2 = self.betas
+            if self._m is None or self._m.shape != g.shape:
+                self._m, self._v, self._n = torch.zeros_like(g), torch.zeros_like(g), 0
+            assert self._v is not None
+            self._n += 1
+            self._m.lerp_(g, 1 - b1)
+            self._v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            m_hat = self._m / (1 - b1**self._n)
+            v_hat = self._v / (1 - b2**self._n)
+            x.add_(m_hat / (v_hat.sqrt() + self.delta), alpha=ctx.step_size)
+        ctx.energy.project_(x)
+        return f
+
+
 METHODS: dict[str, type[Method]] = {"sgld": SGLD, "mala": MALA, "pmala": PMALA, "hmc": HMC, "psgld": PSGLD,
-                                     "paper": Paper}
+                                     "paper": Paper, "ascent": Ascent}
 
 
 def make_method(method: str | Method) -> Method:
     """A method value from its name (``"sgld"``, ``"mala"``, ``"pmala"``, ``"hmc"``, ``"psgld"``,
-    ``"paper"``) or as given."""
+    ``"paper"``, ``"ascent"``) or as given."""
     if isinstance(method, Method):
         return method
     try:

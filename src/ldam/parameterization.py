@@ -1,0 +1,373 @@
+"""Where the chains live: the input ``x`` itself, or a latent ``z`` with ``x = Φ(z)``.
+
+With a parameterization the sampled density is stated in ``z``:
+
+    log p(z) = ( f(Φ(z)) − Σ_i λ_i R_i(Φ(z)) ) / T − ½ ‖z‖² / σ²
+
+The activation and the image-space regularizers see ``x = Φ(z)``; the Gaussian on ``z`` is not
+divided by ``T`` (it is the prior on images that ``Φ`` induces, and stays the same when the
+temperature changes). Every method moves ``z``, using ``∇_z log p = J_Φᵀ ∇_x(…)/T − z/σ²``;
+results are returned as images ``x``.
+
+``Spectral``   ``x = M · irfft2(s ⊙ z)``: 1/f^decay amplitudes and a colour-correlation square
+               root ``M``; linear, so the Gaussian on ``z`` is a Gaussian process on images with
+               a natural spectrum (covariance ``σ² Φ Φᵀ``).
+``Generator``  ``x = G(h)`` for a generator network ``G`` (PPGN-style): Langevin in its latent
+               space under the standard normal prior of a GAN or VAE.
+
+A hard :class:`~ldam.Box` still applies to ``x``. For the linear, invertible spectral map,
+unadjusted methods fold ``x`` back into the box and move ``z`` by the pre-image of that change;
+Metropolis methods treat the box as the support of ``p`` (a proposal whose image leaves it is
+rejected), which keeps them exact.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .energy import Energy
+from .errors import ShapeError
+
+#: Colour covariance of scikit-image's sample photos (``ldam.data.photos``: chelsea, coffee,
+#: rocket, motorcycle, astronaut at 224 px), pixel values in [0, 1], channels R, G, B. Measured
+#: with :func:`color_covariance`; ``tests/test_parameterization.py`` measures it again.
+PHOTO_COVARIANCE = ((0.0730, 0.0479, 0.0299),
+                    (0.0479, 0.0523, 0.0460),
+                    (0.0299, 0.0460, 0.0513))
+
+
+def color_covariance(images: torch.Tensor) -> torch.Tensor:
+    """The ``C × C`` covariance of the pixel colours of ``images`` ``[N, C, H, W]`` (float64)."""
+    if images.dim() != 4:
+        raise ShapeError(f"color_covariance wants images [N, C, H, W], got {list(images.shape)}")
+    p = images.transpose(0, 1).reshape(images.shape[1], -1).double()
+    return torch.cov(p)
+
+
+def color_root(cov: torch.Tensor | Sequence[Sequence[float]], std: Sequence[float] | None = None) -> torch.Tensor:
+    """A square root ``M`` of a colour covariance (``M Mᵀ ∝ C``), scaled to a mean channel variance
+    of 1: ``M = U √(S / mean S)`` from ``C = U S Uᵀ``. With ``std`` (the model's per-channel
+    normalization) the covariance is first put in the model's units, ``diag(1/std) C diag(1/std)``."""
+    c = torch.as_tensor(cov, dtype=torch.float64)
+    if std is not None:
+        d = 1.0 / torch.as_tensor(std, dtype=torch.float64)
+        c = d[:, None] * c * d[None, :]
+    u, s, _ = torch.linalg.svd(c)
+    return u * (s / s.mean()).sqrt()
+
+
+class Parameterization:
+    """Base class: ``x = Φ(z)`` with a Gaussian ``N(0, σ² I)`` on ``z``.
+
+    Subclasses give :meth:`bind` (the latent shape for an input shape) and :meth:`forward`;
+    :meth:`pullback` (``J_Φᵀ g``) defaults to autograd. An invertible linear map also gives
+    :meth:`lift` (a change of ``x`` as a change of ``z``), used to keep a hard box.
+    """
+
+    name = "pixel"
+    sigma: float = 1.0
+    linear: bool = False
+
+    def bind(self, input_shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pullback(self, z: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
+        """``J_Φ(z)ᵀ gx`` per row (a vector–Jacobian product)."""
+        with torch.enable_grad():
+            zr = z.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.forward(zr), zr, gx)
+        return g
+
+    def lift(self, dx: torch.Tensor) -> torch.Tensor | None:
+        """A ``dz`` with ``Φ(z + dz) = Φ(z) + dx``, or ``None`` when there is none to give."""
+        return None
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Held while the chains run (a generator network is put in eval mode and restored)."""
+        yield
+
+    def describe(self) -> str:
+        return repr(self)
+
+
+@dataclass
+class Spectral(Parameterization):
+    """``x = M · irfft2(s ⊙ z)``: chains in the Fourier coefficients of the image.
+
+    ``z`` has shape ``[C, H, W//2 + 1, 2]`` (real and imaginary parts of the half spectrum);
+    ``s(k) = 1 / max(|k|, 1/max(H, W))^decay`` with ``|k|`` in cycles per pixel, scaled so that
+    a white ``z`` gives images of unit mean pixel variance (:func:`spectral_scale`). Columns the real transform cannot
+    hold (the imaginary parts at self-conjugate frequencies, the conjugate half of the first and
+    Nyquist columns) are symmetrized away before the transform, so the map is the same on every
+    FFT backend; those coordinates of ``z`` are not seen by ``f`` and stay ``N(0, σ²)``.
+
+    ``M`` mixes the channels: the identity for ``decorrelate=False`` or a single channel, else
+    :func:`color_root` of ``color`` (a covariance, default :data:`PHOTO_COVARIANCE`) in the
+    model's units when ``std`` (its per-channel normalization) is given.
+    """
+
+    decay: float = 1.0
+    decorrelate: bool = True
+    sigma: float = 1.0
+    color: Sequence[Sequence[float]] | torch.Tensor | None = None
+    std: Sequence[float] | None = None
+    name = "spectral"
+    linear = True
+    _scale: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _mix: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _mix_inv: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _hw: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.sigma <= 0:
+            raise ValueError(f"Spectral needs sigma > 0, got {self.sigma}")
+        if self.decay < 0:
+            raise ValueError(f"Spectral needs decay >= 0, got {self.decay}")
+
+    def bind(self, input_shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
+        if len(input_shape) != 3:
+            raise ShapeError(
+                f"Spectral parameterizes images [C, H, W]; this model's input is {list(input_shape)}. "
+                "Use the pixel parameterization (the default) for other inputs"
+            )
+        c, h, w = (int(v) for v in input_shape)
+        self._hw = (h, w)
+        scale = spectral_scale(h, w, self.decay)
+        self._scale = scale.to(device, dtype)
+        mix = torch.eye(c, dtype=torch.float64)
+        if self.decorrelate and c > 1:
+            cov = self.color if self.color is not None else PHOTO_COVARIANCE
+            cov_t = torch.as_tensor(cov, dtype=torch.float64)
+            if cov_t.shape != (c, c):
+                raise ShapeError(f"Spectral's colour covariance is {list(cov_t.shape)} but the input has {c} channels")
+            mix = color_root(cov_t, self.std)
+        self._mix = mix.to(device, dtype)
+        self._mix_inv = torch.linalg.inv(mix).to(device, dtype)
+        return (c, h, w // 2 + 1, 2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        assert self._scale is not None and self._mix is not None, "bind() first"
+        h, w = self._hw
+        spec = hermitian(torch.view_as_complex(z.contiguous()) * self._scale, h, w)
+        y = torch.fft.irfft2(spec, s=(h, w), norm="ortho")
+        return torch.einsum("dc,bchw->bdhw", self._mix, y)
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """The minimum-norm ``z`` with ``Φ(z) = x`` (no part in the coordinates ``Φ`` does not see)."""
+        assert self._scale is not None and self._mix_inv is not None, "bind() first"
+        h, w = self._hw
+        y = torch.einsum("dc,bchw->bdhw", self._mix_inv, x)
+        spec = torch.fft.rfft2(y, s=(h, w), norm="ortho")
+        # rfft2 already gives the Hermitian-consistent half spectrum hermitian() produces
+        return torch.view_as_real(spec / self._scale).contiguous()
+
+    def lift(self, dx: torch.Tensor) -> torch.Tensor:
+        return self.inverse(dx)
+
+
+def spectral_scale(h: int, w: int, decay: float) -> torch.Tensor:
+    """``s(k) = 1 / max(|k|, 1/max(h, w))^decay`` on the ``[h, w//2 + 1]`` half spectrum (``|k|`` in
+    cycles per pixel), normalized so that a white ``z`` gives a mean pixel variance of exactly 1.
+
+    After :func:`hermitian`, by Parseval (``norm="ortho"``) the variance of the image is the sum
+    over the half spectrum of ``s(k)²·n(k)``: ``n = 4`` in the columns whose conjugates are
+    implied (real and imaginary parts each count twice), ``n = 1`` elsewhere (a pair of rows of an
+    edge column share one conjugate pair; a self-conjugate entry keeps its real part only).
+    """
+    fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
+    fx = torch.fft.rfftfreq(w, dtype=torch.float64)[None, :]
+    s = 1.0 / torch.sqrt(fy**2 + fx**2).clamp(min=1.0 / max(h, w)) ** decay
+    n = torch.full_like(s, 4.0)
+    n[:, 0] = 1.0
+    if w % 2 == 0:
+        n[:, -1] = 1.0
+    return s / ((s**2 * n).sum() / (h * w)).sqrt()
+
+
+def hermitian(spec: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Make the columns of a half spectrum ``[..., h, w//2+1]`` that must be Hermitian on their own
+    (the first column, and the last when ``w`` is even) Hermitian: ``X[k] ← (X[k] + conj X[−k]) / 2``
+    along the rows. The real transform is then the same linear map on every backend."""
+    cols = [0] + ([w // 2] if w % 2 == 0 else [])
+    out = spec.clone()
+    rev = (-torch.arange(h, device=spec.device)) % h
+    for c in cols:
+        col = spec[..., :, c]
+        out[..., :, c] = 0.5 * (col + col[..., rev].conj())
+    return out
+
+
+@dataclass
+class Generator(Parameterization):
+    """``x = G(h)``: chains in the latent space of a generator network (PPGN-style).
+
+    ``log p(h) = (f(G(h)) − Σλ R(G(h))) / T − ½‖h‖²/σ²``, the standard normal prior of a GAN or a
+    VAE decoder for ``σ = 1``. ``G`` maps ``[B, *latent_shape]`` to the model's input (put any
+    output range and normalization inside ``G``). ``G`` is run in eval mode and left as found.
+    A hard :class:`~ldam.Box` cannot be kept in ``h`` (``G`` has no inverse): give ``G`` the range.
+    """
+
+    generator: nn.Module
+    latent_shape: Sequence[int]
+    sigma: float = 1.0
+    name = "generator"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.generator, nn.Module):
+            raise TypeError(f"Generator wants a torch.nn.Module, got {type(self.generator).__name__}")
+        self.latent_shape = tuple(int(v) for v in self.latent_shape)
+        if self.sigma <= 0:
+            raise ValueError(f"Generator needs sigma > 0, got {self.sigma}")
+
+    def bind(self, input_shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
+        try:
+            with self.guard(), torch.no_grad():
+                out = self.generator(torch.zeros((2, *self.latent_shape), device=device, dtype=dtype))
+        except RuntimeError as e:
+            raise ShapeError(
+                f"the generator failed on a latent batch [2, *{list(self.latent_shape)}] ({e}): check latent_shape"
+            ) from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(input_shape) or out.shape[0] != 2:
+            got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ShapeError(
+                f"the generator maps [2, *{list(self.latent_shape)}] to {got}, but the model wants inputs "
+                f"[batch, *{list(input_shape)}]: check latent_shape and the generator's output"
+            )
+        return self.latent_shape
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        from .guard import model_guard
+
+        with model_guard(self.generator):
+            params = list(self.generator.parameters())
+            flags = [p.requires_grad for p in params]
+            for p in params:
+                p.requires_grad_(False)
+            try:
+                yield
+            finally:
+                for p, flag in zip(params, flags):
+                    p.requires_grad_(flag)
+
+    def __repr__(self) -> str:
+        return f"Generator({type(self.generator).__name__}, latent_shape={list(self.latent_shape)}, sigma={self.sigma})"
+
+
+class LatentEnergy(Energy):
+    """The energy of ``z`` for an image-space :class:`~ldam.energy.Energy` and a parameterization:
+    ``log p(z) = (a·f(Φ(z)) − Σ λ R(Φ(z))) / T − ½‖z‖²/σ²``.
+
+    It presents itself to the methods as an ordinary energy: :meth:`prior` returns ``T`` times the
+    untempered Gaussian term plus the pulled-back image prior, so ``(a·f − prior) / T`` is
+    ``log p(z)``. The sampler sets :attr:`temperature` before each step.
+    """
+
+    def __init__(self, inner: Energy, param: Parameterization):
+        self.inner = inner
+        self.param = param
+        self.targets = inner.targets
+        self.temperature = 1.0
+        if inner.boxes and not param.linear:
+            raise ValueError(
+                f"a hard Box cannot be kept by the {param.name} parameterization (it has no inverse): give "
+                "the generator the input range itself, or use a soft box, ldam.Box(low, high, weight=...)"
+            )
+        if inner.mixer is not None:
+            raise ValueError("a discriminator in mode='mix' works on pixels; with a parameterization use mode='density'")
+
+    @property
+    def regularizers(self):  # type: ignore[override]
+        return self.inner.regularizers
+
+    @regularizers.setter
+    def regularizers(self, value) -> None:
+        self.inner.regularizers = value
+
+    @property
+    def soft(self):  # type: ignore[override]
+        return self.inner.soft
+
+    @property
+    def activation_scale(self) -> float:
+        return self.inner.activation_scale
+
+    @property
+    def mixer(self):  # type: ignore[override]
+        return None
+
+    @property
+    def boxes(self):  # type: ignore[override]
+        return []  # the box is on x: kept by project_ and by the support in prior()
+
+    def images(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.param.forward(z)
+
+    def activation(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            zr = z.detach().requires_grad_(True)
+            x = self.param.forward(zr)
+            f, gx = self.inner.activation(x.detach())
+            (gz,) = torch.autograd.grad(x, zr, gx)
+        return f, gz
+
+    def _latent_weight(self) -> float:
+        return self.temperature / self.param.sigma**2
+
+    def prior(self, z: torch.Tensor, with_value: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        k = self._latent_weight()
+        grad = z * k
+        value = 0.5 * k * z.flatten(1).pow(2).sum(1) if with_value else None
+        if self.inner.soft or (with_value and self.inner.boxes):
+            x = self.images(z)
+            if self.inner.soft:
+                v, gx = self.inner.prior(x, with_value)
+                grad = grad + self.param.pullback(z, gx)
+                if with_value and v is not None:
+                    value = value + v
+            if with_value and self.inner.boxes:
+                inside = self.inner.inside(x)
+                value = torch.where(inside, value, torch.full_like(value, math.inf))
+        return value, grad
+
+    def prior_split(self, z: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+        rest = None
+        if self.inner.soft:
+            _, gx = self.inner.prior(self.images(z), with_value=False)
+            rest = self.param.pullback(z, gx)
+        return self._latent_weight(), rest
+
+    def prior_key(self) -> tuple | None:
+        key = self.inner.prior_key()
+        return None if key is None else (key, self.temperature, self.param.sigma)
+
+    def inside(self, z: torch.Tensor) -> torch.Tensor | None:
+        return self.inner.inside(self.images(z)) if self.inner.boxes else None
+
+    def project_(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.inner.boxes:
+            return z
+        x = self.images(z)
+        folded = self.inner.project_(x.clone())
+        dx = folded - x
+        if bool(dx.any()):
+            z.add_(self.param.lift(dx))
+        return z
+
+
+__all__ = ["Parameterization", "Spectral", "Generator", "LatentEnergy", "color_covariance", "color_root",
+           "spectral_scale", "hermitian", "PHOTO_COVARIANCE"]
