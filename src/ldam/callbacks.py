@@ -23,7 +23,7 @@ class Callback:
         """Before the first step."""
 
     def on_step(self, sampler: "Sampler", info: "StepInfo") -> None:
-        """After every step; ``sampler.x`` is the new state."""
+        """After every step; ``sampler.x`` is the new state (``sampler.images()`` its inputs)."""
 
     def on_end(self, sampler: "Sampler", result: "Result") -> None:
         """When the result is collected."""
@@ -74,7 +74,7 @@ class GifRecorder(Callback):
     def on_step(self, sampler: "Sampler", info: "StepInfo") -> None:
         if info.t % self.every or len(self.frames) >= self.max_frames:
             return
-        x = sampler.ema if self.what != "state" and sampler.ema is not None else sampler.x
+        x = sampler.ema if self.what != "state" and sampler.ema is not None else sampler.images()
         self.frames.append(batch_grid(x, sampler.chains, self.display, zoom=self.zoom, **self.norm))  # one copy
 
     def on_end(self, sampler: "Sampler", result: "Result") -> None:

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 
 from . import __version__
@@ -168,6 +168,38 @@ def _regularizers(args: argparse.Namespace, info) -> list[Regularizer]:
     return regs
 
 
+def _transforms(text: str) -> list:
+    """``jitter=8,scale=0.9:1.1,rotate=10`` → transform values."""
+    from .transforms import Jitter, Rotate, Scale
+
+    out: list = []
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        try:
+            if name == "jitter":
+                out.append(Jitter(int(value)))
+            elif name == "scale":
+                lo, _, hi = value.partition(":")
+                out.append(Scale((float(lo), float(hi))))
+            elif name == "rotate":
+                out.append(Rotate(float(value)))
+            else:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"cannot read {item!r}: use jitter=PIXELS, scale=LOW:HIGH and rotate=DEGREES, comma-separated"
+            ) from None
+    return out
+
+
+def _parameterization(args: argparse.Namespace, info: Any):
+    if getattr(args, "parameterization", "pixel") == "pixel":
+        return None
+    from .parameterization import Spectral
+
+    return Spectral(decay=args.decay, sigma=args.latent_sigma, std=getattr(info, "std", None))
+
+
 def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, pixel_range: bool) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--chains", type=_positive(int), default=chains, help="chains per target (default: %(default)s)")
@@ -176,10 +208,11 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
                    help="step size ε, or cyclic:HOT,COLD,PERIOD (default: %(default)s)")
     g.add_argument("--temperature", type=_schedule, default=0.02, metavar="T",
                    help="temperature T, or cyclic:HOT,COLD,PERIOD to anneal between modes (default: %(default)s)")
-    g.add_argument("--method", choices=["sgld", "mala", "pmala", "hmc", "psgld", "paper"], default="sgld",
+    g.add_argument("--method", choices=["sgld", "mala", "pmala", "hmc", "psgld", "paper", "ascent"], default="sgld",
                    help="update rule: sgld; the exact ones, which report their acceptance: mala, pmala (with a "
                    "learned diagonal metric), hmc (5 leapfrog steps per proposal); psgld (preconditioned); paper "
-                   "(the authors' normalized-gradient update) (default: %(default)s)")
+                   "(the authors' normalized-gradient update); ascent (Adam on the same log p, no noise: the "
+                   "optimizer baseline; --step-size is its learning rate, e.g. 0.05) (default: %(default)s)")
     g.add_argument("--amp", choices=["bf16", "fp16"], default=None,
                    help="run the model's forward and backward under autocast; the chains stay float32 "
                    "(default: off)")
@@ -194,6 +227,19 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
                              "The defaults suit the zoo models, whose inputs are normalized pixels.")
     r.add_argument("--l2", type=float, default=0.3, metavar="λ", help="weight of R = ½‖x‖² (default: %(default)s; 0 for none)")
     r.add_argument("--tv", type=float, default=0.0, metavar="λ", help="weight of total variation (default: none)")
+    r.add_argument("--parameterization", choices=["pixel", "spectral"], default="pixel",
+                   help="where the chains live: pixel (the input itself) or spectral (Fourier coefficients with "
+                   "1/f^decay amplitudes and decorrelated colour; log p(z) = log p(Φ(z)) - ½‖z‖²/σ²) "
+                   "(default: %(default)s)")
+    r.add_argument("--decay", type=float, default=1.0, metavar="D",
+                   help="spectral: amplitude decay 1/f^D (default: %(default)s)")
+    r.add_argument("--latent-sigma", type=_positive(float), default=1.0, metavar="σ",
+                   help="spectral: the Gaussian prior's σ on the latent z (default: %(default)s)")
+    r.add_argument("--transforms", type=_transforms, default=None, metavar="SPEC",
+                   help="average the activation over random transforms, e.g. jitter=8,scale=0.9:1.1,rotate=10 "
+                   "(SGLD, pSGLD, ascent only; default: none)")
+    r.add_argument("--transform-draws", type=_positive(int), default=1, metavar="K",
+                   help="random transforms per chain and step (default: %(default)s)")
     r.add_argument("--pixel-range", action=argparse.BooleanOptionalAction, default=pixel_range,
                    help="keep inputs inside the pixel range [0, 1], in the model's normalized units "
                    "(default: %(default)s)")
@@ -245,6 +291,8 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
         step_size=args.step_size, temperature=args.temperature, regularizers=regularizers,
         method=args.method, burn_in=burn_in, thin=thin, seed=args.seed, ema_tau=args.ema_tau,
         callbacks=callbacks, amp=args.amp, unit_axes=dict(getattr(args, "unit_axis", None) or []),
+        parameterization=_parameterization(args, info), transforms=args.transforms or (),
+        transform_draws=args.transform_draws,
     )
     res.config["model_spec"] = model_spec
     res.config["device"] = str(model_device(model))
