@@ -81,6 +81,21 @@ def test_efficientnet_is_real_imagenet_weights():
     assert {info.class_names[i] for i in p[1].topk(3).indices.tolist()} == cats
 
 
+@pytest.mark.parametrize("variant,size", [("lite1", 240), ("lite2", 260)])
+def test_the_judges_are_real_imagenet_weights(variant, size):
+    """Lite1 and Lite2 (the independent judges of Lite0's samples) at their own resolution."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the imagenet extra is not installed")
+    from ldam.data import load_photo
+
+    model, info = zoo.load(f"efficientnet-{variant}-imagenet")
+    assert info.input_shape == (3, size, size) and info.meta["sha256"] == zoo.efficientnet.SHA256[variant]
+    x = torch.stack([info.preprocess(load_photo(p, size=size, resize=size * 256 // 224)) for p in ("coffee", "chelsea")])
+    with torch.no_grad():
+        top = model(x).topk(3, 1).indices
+    assert info.class_names[int(top[0, 0])] == "espresso"
+    assert {"tabby", "tiger cat", "Egyptian cat"} & {info.class_names[i] for i in top[1].tolist()}
+
+
 def test_a_missing_optional_package_is_named_with_the_install_command(monkeypatch):
     import sys
 

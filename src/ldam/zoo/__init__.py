@@ -34,6 +34,8 @@ WEIGHTS = Path(__file__).parent / "weights"
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "lenet5": LeNet5, "vgg-cifar": VGGCifar, "efficientnet-lite0": efficientnet.efficientnet_lite0,
     "mlp": MLP, "cnn-cifar": SmallCNN, "resnet50": ResNet50,
+    "efficientnet-lite1": lambda: efficientnet.efficientnet_lite("lite1"),
+    "efficientnet-lite2": lambda: efficientnet.efficientnet_lite("lite2"),
 }
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -82,10 +84,15 @@ _ENTRIES: dict[str, ModelInfo] = {
                                  "cifar10"),
     "efficientnet-lite0-imagenet": ModelInfo("efficientnet-lite0-imagenet", "efficientnet-lite0", (3, 224, 224),
                                              None, efficientnet.MEAN, efficientnet.STD, "imagenet"),
+    **{f"efficientnet-{v}-imagenet": ModelInfo(f"efficientnet-{v}-imagenet", f"efficientnet-{v}",
+                                               (3, efficientnet.RESOLUTION[v], efficientnet.RESOLUTION[v]), None,
+                                               efficientnet.MEAN, efficientnet.STD, "imagenet")
+       for v in ("lite1", "lite2")},
 }
 # Entries whose weights come from an optional package rather than from weights/: (path, SHA-256).
 _EXTERNAL: dict[str, tuple[Callable[[], Path], str]] = {
-    "efficientnet-lite0-imagenet": (efficientnet.weights_path, efficientnet.WEIGHTS_SHA256),
+    **{f"efficientnet-{v}-imagenet": (lambda v=v: efficientnet.weights_path(v), efficientnet.SHA256[v])
+       for v in ("lite0", "lite1", "lite2")},
 }
 
 
