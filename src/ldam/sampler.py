@@ -229,7 +229,6 @@ class Sampler:
         self._samples: list[torch.Tensor] = []
         self._kept = 0
         self._sum = torch.zeros(self.batch, *self.input_shape, dtype=self.dtype, device=self.device)
-        self._observers = [r for r in self.energy.regularizers if type(r).observe is not Regularizer.observe]
         self.ema: torch.Tensor | None = None
         self.burn_in_step: int | None = None
         self._checked = 0
@@ -358,9 +357,10 @@ class Sampler:
             grown[: self._act.shape[0]] = self._act
             self._act = grown
         self._act[i] = f
-        if self._observers:
+        observers = [r for r in self.energy.regularizers if type(r).observe is not Regularizer.observe]
+        if observers:  # regularizers may be added while the chains run (the live UI's critic)
             img = self.images()
-            for r in self._observers:
+            for r in observers:
                 r.observe(img, t)
         if self.burn_in_step is None:
             self.burn_in.observe(t, f.view(len(self.targets), self.chains))
