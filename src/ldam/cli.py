@@ -499,12 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List every zoo:NAME with its input shape, dataset, test accuracy and weights file.")
     z.set_defaults(func=cmd_zoo)
 
-    try:
-        from .train import add_subcommands
-    except ImportError:  # pragma: no cover - train is part of the package
-        pass
-    else:
-        add_subcommands(sub)
+    from .train import add_subcommands
+    from .train_generator import add_subcommands as add_generator_subcommands
+
+    add_subcommands(sub)
+    add_generator_subcommands(sub)
     return p
 
 
