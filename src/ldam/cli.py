@@ -161,7 +161,7 @@ def _regularizers(args: argparse.Namespace, info) -> list[Regularizer]:
         regs.append(L2(args.l2))
     if args.tv:
         regs.append(TotalVariation(args.tv))
-    if args.pixel_range:
+    if args.pixel_range and getattr(args, "parameterization", "pixel") != "generator":  # G's sigmoid keeps the range
         mean = getattr(info, "mean", None) or (0.0,)
         std = getattr(info, "std", None) or (1.0,)
         regs.append(Box.from_normalization(mean, std))
@@ -193,11 +193,20 @@ def _transforms(text: str) -> list:
 
 
 def _parameterization(args: argparse.Namespace, info: Any):
-    if getattr(args, "parameterization", "pixel") == "pixel":
+    kind = getattr(args, "parameterization", "pixel")
+    if kind == "pixel":
         return None
-    from .parameterization import Spectral
+    from .parameterization import Generator, Spectral
 
-    return Spectral(decay=args.decay, sigma=args.latent_sigma, std=getattr(info, "std", None))
+    if kind == "spectral":
+        return Spectral(decay=args.decay, sigma=args.latent_sigma, std=getattr(info, "std", None))
+    if not args.generator:
+        raise LdamError("--parameterization generator needs --generator zoo:NAME (or the generator.pt of "
+                        "ldam train-generator)")
+    from .zoo import generators
+
+    g = generators.for_model(args.generator, info)
+    return Generator(g, (g.latent,), sigma=args.latent_sigma)
 
 
 def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, pixel_range: bool) -> None:
@@ -227,14 +236,16 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
                              "The defaults suit the zoo models, whose inputs are normalized pixels.")
     r.add_argument("--l2", type=float, default=0.3, metavar="λ", help="weight of R = ½‖x‖² (default: %(default)s; 0 for none)")
     r.add_argument("--tv", type=float, default=0.0, metavar="λ", help="weight of total variation (default: none)")
-    r.add_argument("--parameterization", choices=["pixel", "spectral"], default="pixel",
-                   help="where the chains live: pixel (the input itself) or spectral (Fourier coefficients with "
-                   "1/f^decay amplitudes and decorrelated colour; log p(z) = log p(Φ(z)) - ½‖z‖²/σ²) "
-                   "(default: %(default)s)")
+    r.add_argument("--parameterization", choices=["pixel", "spectral", "generator"], default="pixel",
+                   help="where the chains live: pixel (the input itself), spectral (Fourier coefficients with "
+                   "1/f^decay amplitudes and decorrelated colour), or generator (the latent of --generator); "
+                   "log p(z) = log p(Φ(z)) - ½‖z‖²/σ² (default: %(default)s)")
+    r.add_argument("--generator", default=None, metavar="SPEC",
+                   help="generator: zoo:vae-mnist, zoo:vae-cifar10, or a generator.pt of ldam train-generator")
     r.add_argument("--decay", type=float, default=1.0, metavar="D",
                    help="spectral: amplitude decay 1/f^D (default: %(default)s)")
     r.add_argument("--latent-sigma", type=_positive(float), default=1.0, metavar="σ",
-                   help="spectral: the Gaussian prior's σ on the latent z (default: %(default)s)")
+                   help="spectral, generator: the Gaussian prior's σ on the latent z (default: %(default)s)")
     r.add_argument("--transforms", type=_transforms, default=None, metavar="SPEC",
                    help="average the activation over random transforms, e.g. jitter=8,scale=0.9:1.1,rotate=10 "
                    "(SGLD, pSGLD, ascent only; default: none)")

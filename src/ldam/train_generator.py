@@ -101,6 +101,7 @@ def train_generator(cfg: GeneratorConfig, out: Path, resume: bool = False, data:
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         g.manual_seed(cfg.seed * 1000 + epoch)
+        torch.manual_seed(cfg.seed * 1000 + epoch + 1)  # the reparameterization noise: resumes exactly
         perm = torch.randperm(n, generator=g)
         vae.train()
         total, total_kl = 0.0, 0.0
