@@ -405,3 +405,28 @@ def test_the_critic_s_training_images_are_read_when_first_needed():
     real = entry.real_images()
     assert len(real) == 60000 and real[0].shape == (1, 28, 28)  # MNIST's training set (MANIFEST.md)
     assert entry.real_images().images is real.images  # read once
+
+
+def test_a_session_can_sample_in_the_spectrum_with_transforms(entries):
+    """The sampler page's prior choices reach the server's sampler; a Metropolis method is then refused
+    with the reason and the session keeps streaming."""
+    app = create_app(entries, ServerConfig())
+    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+        receive(ws, "hello")
+        ws.send_json({"type": "start", "model": MODEL, "layer": "output", "unit": 3, "chains": 4,
+                      "parameterization": "spectral", "transforms": True})
+        started = receive(ws, "started")
+        assert started["parameterization"] == "spectral" and len(started["transforms"]) == 3
+        frames = [receive(ws, "frame") for _ in range(2)]
+        assert decode(frames[-1]["grid"]).size == (2 + 4 * 30, 2 + 30)
+        (session,) = app.state.sessions
+        s = session.sampler
+        assert type(s.parameterization).__name__ == "Spectral" and s.x.shape[1:] == (1, 28, 15, 2)
+        assert s.ema.shape[1:] == (1, 28, 28)
+        ws.send_json({"type": "set", "method": "mala"})
+        assert "needs the exact energy" in receive(ws, "error")["message"]
+        ws.send_json({"type": "set", "method": "ascent"})
+        t0 = receive(ws, "frame")["t"]
+        assert receive(ws, "frame")["t"] > t0 and s.method.name == "ascent"
+        ws.send_json({"type": "start", "model": MODEL, "layer": "output", "unit": 3, "parameterization": "fft"})
+        assert "parameterization" in receive(ws, "error")["message"]

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .session import METHODS, RANGES
+from .session import METHODS, PARAMETERIZATIONS, RANGES
 
 MAX_MESSAGE = 64 * 1024  # bytes, for everything but uploads
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes of the encoded image, before base64
@@ -32,6 +32,8 @@ class Start(_Msg):
     unit: Union[Literal["all"], Annotated[int, Field(ge=0, le=100_000)]]
     chains: Annotated[int, Field(ge=1, le=100)] = 10
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    parameterization: Literal[PARAMETERIZATIONS] = "pixel"  # type: ignore[valid-type]
+    transforms: bool = False  # jitter, scale and rotation robustness (unadjusted methods only)
     ack: bool = False  # the page will acknowledge every frame it shows (flow control)
 
 

@@ -28,10 +28,12 @@ from ..discriminator import CriticTraining, Discriminator
 from ..energy import L2, Box
 from ..errors import LdamError
 from ..guard import model_guard
+from ..parameterization import Spectral
 from ..render import display_array, grid, grid_array, to_image
 from ..sampler import Sampler
 from ..samplers import Metropolis
 from ..targets import capture, probe_layers
+from ..transforms import Jitter, Rotate, Scale
 from ..zoo import ModelInfo
 
 #: Starting knobs per dataset (those of the CLI and the reproductions in experiments/).
@@ -50,7 +52,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "ema_tau": (1.0, 500.0, True),
     "steps_per_frame": (1, 100, False),
 }
-METHODS = ("sgld", "mala", "pmala", "hmc", "psgld", "paper")
+METHODS = ("sgld", "mala", "pmala", "hmc", "psgld", "paper", "ascent")
+PARAMETERIZATIONS = ("pixel", "spectral")
 MAX_CHAINS = 100
 TRACE_KEEP = 2000
 GIF_FRAMES = 200
@@ -316,7 +319,7 @@ class LiveSession:
         elif kind == "reset":
             if self.sampler is not None:
                 self.sampler.reset()
-                self.sampler.ema = self.sampler.x.clone()
+                self.sampler.ema = self.sampler.images().clone()
                 self.publish(self.frame())
         elif kind == "snapshot":
             self._snapshot()
@@ -348,14 +351,26 @@ class LiveSession:
         if self.disc is not None:
             self.disc.reset()
             regs.append(self.disc)
-        self.sampler = Sampler(self.model, targets, entry.info.input_shape, chains=chains,
+        shape = entry.info.input_shape
+        images = len(shape) == 3
+        param = Spectral(std=entry.info.std) if p.get("parameterization") == "spectral" else None
+        if param is not None and not images:
+            raise ValueError(f"the spectral parameterization is for image inputs; {entry.name} takes {list(shape)}")
+        transforms = []
+        if p.get("transforms"):
+            if not images:
+                raise ValueError(f"transforms are for image inputs; {entry.name} takes {list(shape)}")
+            transforms = [Jitter(max(1, shape[-1] // 16)), Scale((0.9, 1.1)), Rotate(10)]
+        self.sampler = Sampler(self.model, targets, shape, chains=chains,
                                step_size=self.params.step_size, temperature=self.params.temperature,
                                regularizers=regs, method=self.params.method, burn_in=0, ema_tau=self.params.ema_tau,
-                               keep_samples=False, seed=int(p.get("seed") or 0))
-        self.sampler.ema = self.sampler.x.clone()
+                               keep_samples=False, seed=int(p.get("seed") or 0), parameterization=param,
+                               transforms=transforms)
+        self.sampler.ema = self.sampler.images().clone()
         self.acceptance = None
         self.target_desc = {"model": entry.name, "layer": layer, "unit": unit, "targets": targets, "chains": chains,
-                            "n_targets": n_targets}
+                            "n_targets": n_targets, "parameterization": p.get("parameterization") or "pixel",
+                            "transforms": [repr(t) for t in transforms]}
         self.publish({"type": "started", **self.target_desc})
         self.paused = False
         self.publish(self.frame())
@@ -413,7 +428,8 @@ class LiveSession:
         """The chains (their moving averages), the per-target means and the numbers, as a message."""
         s = self.sampler
         assert s is not None and self.entry is not None
-        shown = (s.ema if s.ema is not None else s.x).detach()
+        current = s.images()
+        shown = (s.ema if s.ema is not None else current).detach()
         n_t, chains = len(s.targets), s.chains
         zoom = 1  # the browser enlarges the pictures (pixelated): 4x fewer pixels to encode and send
         # The chains stay on the model's device; a frame copies to the host only what it shows: the
@@ -421,7 +437,7 @@ class LiveSession:
         # small copy). Everything else (per-target means, pictures, stats) is computed from those copies.
         trace = s.activations
         last = trace[-1] if len(trace) else torch.zeros(s.batch, dtype=shown.dtype, device=shown.device)
-        jit = ((s.x - shown).pow(2).mean().sqrt() if s.ema is not None
+        jit = ((current - shown).pow(2).mean().sqrt() if s.ema is not None
                else torch.zeros((), dtype=shown.dtype, device=shown.device))
         numbers = torch.cat([last.to(shown.dtype), jit.reshape(1).to(shown.dtype)]).cpu()
         shown = shown.cpu()

@@ -46,7 +46,8 @@ function fillUnits(unit) {
 function start() {
   const unit = $("unit").value === "all" ? "all" : Number($("unit").value);
   state.trace = [];
-  sock.send({ type: "start", model: $("model").value, layer: $("layer").value, unit, chains: Number($("chains").value) || 10, ack: true });
+  sock.send({ type: "start", model: $("model").value, layer: $("layer").value, unit, chains: Number($("chains").value) || 10,
+              parameterization: $("parameterization").value, transforms: $("transforms").checked, ack: true });
 }
 function sendSet(key, value) { sock.send({ type: "set", [key]: value }); }
 function applyDefaults() {
