@@ -127,6 +127,7 @@ class Spectral(Parameterization):
     _mix: torch.Tensor | None = field(default=None, init=False, repr=False)
     _mix_inv: torch.Tensor | None = field(default=None, init=False, repr=False)
     _hw: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
+    _identity: bool = field(default=True, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.sigma <= 0:
@@ -151,6 +152,7 @@ class Spectral(Parameterization):
             if cov_t.shape != (c, c):
                 raise ShapeError(f"Spectral's colour covariance is {list(cov_t.shape)} but the input has {c} channels")
             mix = color_root(cov_t, self.std)
+        self._identity = bool(torch.equal(mix, torch.eye(c, dtype=torch.float64)))
         self._mix = mix.to(device, dtype)
         self._mix_inv = torch.linalg.inv(mix).to(device, dtype)
         return (c, h, w // 2 + 1, 2)
@@ -160,13 +162,13 @@ class Spectral(Parameterization):
         h, w = self._hw
         spec = hermitian(torch.view_as_complex(z.contiguous()) * self._scale, h, w)
         y = torch.fft.irfft2(spec, s=(h, w), norm="ortho")
-        return torch.einsum("dc,bchw->bdhw", self._mix, y)
+        return y if self._identity else torch.einsum("dc,bchw->bdhw", self._mix, y)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         """The minimum-norm ``z`` with ``Φ(z) = x`` (no part in the coordinates ``Φ`` does not see)."""
         assert self._scale is not None and self._mix_inv is not None, "bind() first"
         h, w = self._hw
-        y = torch.einsum("dc,bchw->bdhw", self._mix_inv, x)
+        y = x if self._identity else torch.einsum("dc,bchw->bdhw", self._mix_inv, x)
         spec = torch.fft.rfft2(y, s=(h, w), norm="ortho")
         # rfft2 already gives the Hermitian-consistent half spectrum hermitian() produces
         return torch.view_as_real(spec / self._scale).contiguous()
@@ -281,6 +283,7 @@ class LatentEnergy(Energy):
         self.param = param
         self.targets = inner.targets
         self.temperature = 1.0
+        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
         if inner.boxes and not param.linear:
             raise ValueError(
                 f"a hard Box cannot be kept by the {param.name} parameterization (it has no inverse): give "
@@ -314,8 +317,16 @@ class LatentEnergy(Energy):
         return []  # the box is on x: kept by project_ and by the support in prior()
 
     def images(self, z: torch.Tensor) -> torch.Tensor:
+        """``Φ(z)``, remembered for the tensor it was computed from and its version counter (any
+        in-place change of ``z`` makes it stale), so the box check after a step and the sampler's
+        averaging share one evaluation."""
+        last = self._last
+        if last is not None and last[0] is z and last[1] == z._version:
+            return last[2]
         with torch.no_grad():
-            return self.param.forward(z)
+            x = self.param.forward(z)
+        self._last = (z, z._version, x)  # holding z keeps its storage from being reused by another tensor
+        return x
 
     def activation(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
@@ -366,6 +377,7 @@ class LatentEnergy(Energy):
         dx = folded - x
         if bool(dx.any()):
             z.add_(self.param.lift(dx))
+            self._last = (z, z._version, folded)  # Φ is linear: Φ(z + lift(dx)) = x + dx
         return z
 
 

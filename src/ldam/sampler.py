@@ -264,7 +264,7 @@ class Sampler:
         if self.parameterization is None:
             return z
         with torch.no_grad(), self.parameterization.guard():
-            return self.parameterization.forward(z)
+            return self.energy.images(z)  # type: ignore[attr-defined]
 
     def set_method(self, method: str | Method) -> None:
         m = make_method(method)
