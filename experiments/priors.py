@@ -136,8 +136,12 @@ def run_part(part: str, args, rep: Report) -> None:
     steps = 6 if quick else args.steps
     burn = steps // 2
     generator = None
-    if part == "cifar10" and args.generator:
-        generator = load_generator(args.generator, info, quick)
+    if part == "cifar10" and args.generator != "none":
+        from ldam.zoo import generators
+
+        spec = "zoo:vae-cifar10" if args.generator == "auto" else args.generator
+        if args.generator != "auto" or "vae-cifar10" in generators.names():
+            generator = generators.for_model(spec, info).to(args.device)
     rows = configs(part, info, generator)
     targets = [f"output:{c}" for c in classes]
     cache = root / part
@@ -166,12 +170,6 @@ def run_part(part: str, args, rep: Report) -> None:
     cost = step_costs(model, targets[: min(4, len(targets))], shape, rows, 2 if quick else 5, chains)
     write_report(part, rep, rows, results, pictures, cost, info, names, classes, chains, steps, shape,
                  acc if part == "cifar10" else None, quick)
-
-
-def load_generator(name: str, info: ldam.zoo.ModelInfo, quick: bool) -> torch.nn.Module:
-    from ldam.zoo import generators
-
-    return generators.for_model(name, info)
 
 
 def to_judge(images: torch.Tensor, info: ldam.zoo.ModelInfo, jinfo: ldam.zoo.ModelInfo) -> torch.Tensor:
@@ -273,7 +271,9 @@ def main() -> None:
     p.add_argument("--chains", type=int, default=3, help="chains per class (default: %(default)s)")
     p.add_argument("--steps", type=int, default=256, help="steps per chain (default: %(default)s)")
     p.add_argument("--size", type=int, default=128, help="ImageNet sampling resolution (default: %(default)s)")
-    p.add_argument("--generator", default=None, help="a zoo generator for the CIFAR-10 rows, e.g. vae-cifar10")
+    p.add_argument("--generator", default="auto",
+                   help="the generator prior's rows on CIFAR-10: zoo:vae-cifar10 when installed (auto), another "
+                   "generator.pt, or none (default: %(default)s)")
     args = p.parse_args()
     setup(args)
     rep = Report(args.out / "priors.md", "Natural-image priors in the Langevin energy, measured", args.quick)

@@ -22,6 +22,8 @@ CASES = {
     "validation": ((), ["cosine(mean, filter)"]),
     "param_averaging": ((), ["modes (cut 0.5)", "gradient region: effective area", "the paper's claim, tested"]),
     "cifar10": (("cifar10/cifar10_test_first1000.npz",), ["class means classified as target", "colour temperature"]),
+    "priors": (("cifar10/cifar10_train.npz", "cifar10/cifar10_test_first1000.npz"),
+               ["Lite2 top-5", "judge top-5", "spectral + transforms · ascent", "feature distance", "cost / step"]),
     "imagenet": ((), ["top-5", "model's top-1 for the average", "_blocks.8:3"]),
     "figure1": (("mnist/train-images-idx3-ubyte.gz", "cifar10/cifar10_test_first1000.npz"),
                 ["realism (held-out D of the means)", "class agreement (independent)", "ship", "diversity within a class"]),
@@ -33,7 +35,7 @@ def test_reproduction_runs_in_reduced_mode(name, tmp_path):
     needs, phrases = CASES[name]
     if needs:
         require_data(*needs)
-    if name == "imagenet":
+    if name in ("imagenet", "priors"):
         pytest.importorskip("efficientnet_lite_pytorch", reason="the imagenet extra is not installed")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--quick", "--out", str(tmp_path),
