@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .device import model_device, resolve_device
 from .errors import CheckpointError, LdamError
-from .io import atomic_save
+from .io import atomic_save, load_training_checkpoint
 from .zoo import ARCHITECTURES, CIFAR10_CLASSES, CIFAR10_NORM, MNIST_CLASSES, ModelInfo, build, load_model, save_checkpoint
 
 
@@ -249,12 +249,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
     snapshots: list[dict[str, torch.Tensor]] = []
     start = 0
     if resume and ckpt.exists():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        except Exception as e:  # noqa: BLE001 - the cause is reported
-            raise CheckpointError(f"cannot resume from {ckpt}: {e}. Delete it to start over") from None
+        state = load_training_checkpoint(ckpt, model, opt)
         if state["config"] != asdict(cfg):
             raise CheckpointError(f"{ckpt} was written with a different config {state['config']}; use another --out")
         start, history = int(state["epoch"]), list(json.loads(state["history"]))

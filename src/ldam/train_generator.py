@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .device import resolve_device
 from .errors import CheckpointError, LdamError
-from .io import atomic_save
+from .io import atomic_save, load_training_checkpoint
 from .train import DATASETS
 from .zoo.vae import VAE
 
@@ -86,12 +86,7 @@ def train_generator(cfg: GeneratorConfig, out: Path, resume: bool = False, data:
     history: list[dict[str, float]] = []
     start = 0
     if resume and ckpt.exists():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            vae.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        except Exception as e:  # noqa: BLE001 - the cause is reported
-            raise CheckpointError(f"cannot resume from {ckpt}: {e}. Delete it to start over") from None
+        state = load_training_checkpoint(ckpt, vae, opt)
         if json.loads(state["config"]) != asdict(cfg):
             raise CheckpointError(f"{ckpt} was written with a different config; use another --out")
         start, history = int(state["epoch"]), json.loads(state["history"])
