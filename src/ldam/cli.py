@@ -405,6 +405,13 @@ def cmd_zoo(args: argparse.Namespace) -> int:
             where = f"not installed: {str(e).split('; ')[-1]}"
         print(f"{'zoo:' + name:<36} {'x'.join(map(str, info.input_shape)):<14} {info.dataset or '-':<9} "
               f"{f'{acc:.4f}' if acc is not None else '-':<15} {where}")
+    from .zoo import generators
+
+    for name in generators.names():
+        _, record = generators.load_vae(name)
+        cfg = record["config"]
+        print(f"{'zoo:' + name + ' (generator)':<36} {'latent ' + str(cfg['latent']):<14} {cfg['dataset']:<9} "
+              f"{'ELBO ' + format(record['test_elbo'], '.0f'):<15} {generators.WEIGHTS / (name + '.pt')}")
     return 0
 
 
