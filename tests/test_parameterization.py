@@ -125,7 +125,7 @@ def test_spectral_linear_neuron_is_the_analytic_gaussian(l2):
 def test_spectral_box_keeps_images_inside():
     shape = (3, 6, 6)
     model = Linear(shape, seed=2)
-    for method in ("sgld", "mala"):
+    for method in ("sgld", "mala", "psgld", "paper", "ascent"):
         res = ldam.sample(model, "output:0", input_shape=shape, chains=4, steps=80, step_size=0.05, method=method,
                           regularizers=[ldam.Box(-0.5, 0.5)], parameterization=ldam.Spectral(), temperature=0.1)
         assert float(res.samples.abs().max()) <= 0.5 + 1e-9, method

@@ -764,6 +764,8 @@ class Paper(Method):
         for b in ctx.energy.boxes:
             lo, hi = b.bounds(x)
             torch.maximum(torch.minimum(x, hi), lo, out=x)
+        if not ctx.energy.boxes:
+            ctx.energy.project_(x)  # a box on the images of a parameterization (a no-op otherwise)
         return f
 
     def stable_step(self, l2: float, temperature: float) -> float | None:
