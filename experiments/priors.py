@@ -1,13 +1,14 @@
 """Natural-image priors inside the Langevin energy (issue 12): what each buys, judged independently.
 
-For the zoo's EfficientNet-Lite0 (ImageNet classes) and the zoo VGG (the 10 CIFAR-10 classes), and
-for each prior (pixel space; the spectral parameterization; spectral + transformation robustness;
-on CIFAR-10 also the VAE generator prior), each sampled with SGLD (or pSGLD) and optimized with
-``method="ascent"`` (Adam) on the same energy:
+For the zoo's EfficientNet-Lite0 (ImageNet classes), the zoo VGG (the 10 CIFAR-10 classes) and the
+zoo LeNet (the 10 digits), and for each prior (pixel space; the spectral parameterization; spectral
++ transformation robustness; on CIFAR-10 and MNIST also the VAE generator prior), each sampled with
+SGLD (or pSGLD) and optimized with ``method="ascent"`` (Adam) on the same energy:
 
 * **class agreement by independent judges**: for ImageNet, EfficientNet-Lite1 and Lite2 (other
-  depth, width, resolution and training run), top-1 and top-5 of the chain means; for CIFAR-10, an
-  independently trained small CNN (``zoo`` architecture ``cnn-cifar``, trained here and cached);
+  depth, width, resolution and training run), top-1 and top-5 of the chain means; for CIFAR-10 and
+  MNIST, an independently trained classifier of another architecture (``cnn-cifar``, ``mlp``;
+  trained here and cached);
 * **diversity** within a class: the mean pairwise cosine distance of the chain means in the first
   judge's penultimate features, and the number of modes (average linkage, cut at 0.5);
 * the target logit at the chain means, and the **cost per step** relative to pixel-space SGLD,
@@ -19,7 +20,7 @@ ascent row's is the final state (what optimizer-based tools show). Each configur
 are cached in ``runs/priors/`` so an interrupted run resumes.
 
     python experiments/priors.py                      # both parts: docs/repro/priors.md
-    python experiments/priors.py --part cifar10       # one part
+    python experiments/priors.py --part cifar10       # one part (imagenet, cifar10, mnist)
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ from _common import ROOT, Report, fmt, header, labeled, on, parser, setup, stack
 
 IMAGENET_CLASSES = [1, 130, 309, 327, 417, 949, 954, 967]  # chosen before any run; not cherry-picked
 CACHE = ROOT / "runs" / "priors"
+JUDGE_MNIST = TrainConfig(arch="mlp", dataset="mnist", epochs=4, average_last=0, optimizer="sgd", lr=0.05, warmup=1,
+                          batch_size=128, seed=7, val_size=5000)  # benchmarks/bench_exact.py's judge
 JUDGE_CIFAR = TrainConfig(arch="cnn-cifar", dataset="cifar10", epochs=8, average_last=0, optimizer="sgd", lr=0.05,
                           warmup=1, batch_size=128, seed=11, val_size=5000)
 TRANSFORMS = {"imagenet": [ldam.Jitter(8), ldam.Scale((0.9, 1.1)), ldam.Rotate(10)],
-              "cifar10": [ldam.Jitter(2), ldam.Scale((0.9, 1.1)), ldam.Rotate(10)]}
+              "cifar10": [ldam.Jitter(2), ldam.Scale((0.9, 1.1)), ldam.Rotate(10)],
+              "mnist": [ldam.Jitter(2), ldam.Scale((0.9, 1.1)), ldam.Rotate(10)]}
+GENERATORS = {"cifar10": "vae-cifar10", "mnist": "vae-mnist"}
 
 
 def configs(part: str, info: ldam.zoo.ModelInfo, generator: torch.nn.Module | None) -> dict[str, dict]:
@@ -53,8 +58,10 @@ def configs(part: str, info: ldam.zoo.ModelInfo, generator: torch.nn.Module | No
     box = ldam.Box.from_normalization(info.mean, info.std)
     if part == "imagenet":  # experiments/imagenet.py's pixel-space energy
         pixel = dict(step_size=2e-3, temperature=5e-4, regularizers=[ldam.L2(0.02), box])
-    else:  # experiments/cifar10.py's
+    elif part == "cifar10":  # experiments/cifar10.py's
         pixel = dict(step_size=2e-3, temperature=1e-3, regularizers=[ldam.L2(0.05), box])
+    else:  # the CLI's defaults for the zoo LeNet
+        pixel = dict(step_size=4e-3, temperature=0.02, regularizers=[ldam.L2(0.3), box])
     temp = pixel["temperature"]
     # In the spectral latent the Gaussian on z is the prior (no L2 on x); low frequencies are
     # amplified, so SGLD needs a smaller ε to stay stable there.
@@ -94,18 +101,20 @@ def penultimate(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Te
     return feats[0]
 
 
-def cifar_judge(quick: bool, root: Path) -> tuple[torch.nn.Module, float]:
-    data = load_dataset("cifar10", val_size=5000)
-    cfg, out = JUDGE_CIFAR, root / "judge-cifar10"
+def small_judge(dataset: str, quick: bool, root: Path) -> tuple[torch.nn.Module, float]:
+    """The independent classifier of ``dataset`` (another architecture; trained once, then cached)."""
+    data = load_dataset(dataset, val_size=5000)
+    base = JUDGE_CIFAR if dataset == "cifar10" else JUDGE_MNIST
+    cfg, out = base, root / f"judge-{dataset}"
     if quick:
-        cfg = TrainConfig(**{**JUDGE_CIFAR.__dict__, "epochs": 1, "val_size": 0, "warmup": 0})
+        cfg = TrainConfig(**{**base.__dict__, "epochs": 1, "val_size": 0, "warmup": 0})
         data = {"x_train": data["x_train"][:256], "y_train": data["y_train"][:256], "x_val": data["x_test"][:64],
                 "y_val": data["y_test"][:64], "x_test": data["x_test"][:200], "y_test": data["y_test"][:200]}
-        out = root / "judge-cifar10-quick"
+        out = root / f"judge-{dataset}-quick"
     if (out / "model.pt").exists():
         model, _ = ldam.zoo.load_checkpoint(out / "model.pt")
     else:
-        print(f"training the independent CIFAR-10 judge (cached in {out})", flush=True)
+        print(f"training the independent {dataset} judge (cached in {out})", flush=True)
         model = train(cfg, out, data=data, progress=not quick)["model"]
     model.eval()
     return model, evaluate(model, data["x_test"], data["y_test"])
@@ -123,28 +132,28 @@ def run_part(part: str, args, rep: Report) -> None:
         names = info.class_names
         judge_feat = "_fc"
     else:
-        model, info = ldam.zoo.load("vgg-cifar10")
-        judge, acc = cifar_judge(quick, root)
+        model, info = ldam.zoo.load("vgg-cifar10" if part == "cifar10" else "lenet-mnist")
+        judge, acc = small_judge(part, quick, root)
         judges = {"cnn": (judge, None)}
         classes = list(range(10))
         shape = info.input_shape
         names = info.class_names
-        judge_feat = "fc"
+        judge_feat = "fc" if part == "cifar10" else "fc3"
     assert names is not None
     model = on(model, args.device)
-    chains = 2 if quick else args.chains
-    steps = 6 if quick else args.steps
+    chains = 2 if quick else (args.chains if part == "imagenet" else args.small_chains)
+    steps = 6 if quick else (args.steps if part == "imagenet" else args.small_steps)
     burn = steps // 2
     generator = None
-    if part == "cifar10" and args.generator != "none":
+    if part in GENERATORS and args.generator != "none":
         from ldam.zoo import generators
 
-        spec = "zoo:vae-cifar10" if args.generator == "auto" else args.generator
-        if args.generator != "auto" or "vae-cifar10" in generators.names():
+        spec = f"zoo:{GENERATORS[part]}" if args.generator == "auto" else args.generator
+        if args.generator != "auto" or GENERATORS[part] in generators.names():
             generator = generators.for_model(spec, info).to(args.device)
     rows = configs(part, info, generator)
     targets = [f"output:{c}" for c in classes]
-    cache = root / part
+    cache = root / (f"{part}-{chains}x{steps}" + (f"-{shape[-1]}px" if part == "imagenet" else ""))
     cache.mkdir(parents=True, exist_ok=True)
     results, pictures = {}, {}
     for name, kw in rows.items():
@@ -169,7 +178,7 @@ def run_part(part: str, args, rep: Report) -> None:
         print(f"    {results[name]}", flush=True)
     cost = step_costs(model, targets[: min(4, len(targets))], shape, rows, 2 if quick else 5, chains)
     write_report(part, rep, rows, results, pictures, cost, info, names, classes, chains, steps, shape,
-                 acc if part == "cifar10" else None, quick)
+                 acc if part != "imagenet" else None, quick)
 
 
 def to_judge(images: torch.Tensor, info: ldam.zoo.ModelInfo, jinfo: ldam.zoo.ModelInfo) -> torch.Tensor:
@@ -234,10 +243,12 @@ def write_report(part, rep, rows, results, pictures, cost, info, names, classes,
                 "target logit", "feature distance", "modes / class", "pixel distance", "cost / step"]
         keys = ["lite1_top1", "lite1_top5", "lite2_top1", "lite2_top5", "own_top1"]
     else:
-        rep.text(f"## CIFAR-10: the zoo VGG, 10 classes × {chains} chains, {steps} steps",
-                 f"Judge: a small CNN of another architecture (`cnn-cifar`, {JUDGE_CIFAR.epochs} epochs of "
-                 f"Nesterov SGD, seed {JUDGE_CIFAR.seed}), {acc:.1%} on the test images it was scored on.")
-        head = ["prior · method", "judge top-1", "judge top-5", "VGG top-1", "target logit", "feature distance",
+        cfg = JUDGE_CIFAR if part == "cifar10" else JUDGE_MNIST
+        what = "the zoo VGG" if part == "cifar10" else "the zoo LeNet"
+        rep.text(f"## {'CIFAR-10' if part == 'cifar10' else 'MNIST'}: {what}, 10 classes × {chains} chains, {steps} steps",
+                 f"Judge: a classifier of another architecture (`{cfg.arch}`, {cfg.epochs} epochs of Nesterov SGD, "
+                 f"seed {cfg.seed}), {acc:.1%} on the test images it was scored on.")
+        head = ["prior · method", "judge top-1", "judge top-5", "model's own top-1", "target logit", "feature distance",
                 "modes / class", "pixel distance", "cost / step"]
         keys = ["cnn_top1", "cnn_top5", "own_top1"]
     table = []
@@ -267,19 +278,23 @@ def write_report(part, rep, rows, results, pictures, cost, info, names, classes,
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--part", choices=["imagenet", "cifar10", "all"], default="all")
-    p.add_argument("--chains", type=int, default=3, help="chains per class (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=256, help="steps per chain (default: %(default)s)")
+    p.add_argument("--part", choices=["imagenet", "cifar10", "mnist", "all"], default="all")
+    p.add_argument("--chains", type=int, default=3, help="ImageNet: chains per class (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=256, help="ImageNet: steps per chain (default: %(default)s)")
+    p.add_argument("--small-chains", "--cifar-chains", type=int, default=4,
+                   help="CIFAR-10 and MNIST: chains per class (default: %(default)s)")
+    p.add_argument("--small-steps", "--cifar-steps", type=int, default=512,
+                   help="CIFAR-10 and MNIST: steps per chain (default: %(default)s)")
     p.add_argument("--size", type=int, default=128, help="ImageNet sampling resolution (default: %(default)s)")
     p.add_argument("--generator", default="auto",
-                   help="the generator prior's rows on CIFAR-10: zoo:vae-cifar10 when installed (auto), another "
-                   "generator.pt, or none (default: %(default)s)")
+                   help="the generator prior's rows on CIFAR-10 and MNIST: zoo:vae-cifar10 / zoo:vae-mnist when "
+                   "installed (auto), another generator.pt, or none (default: %(default)s)")
     args = p.parse_args()
     setup(args)
     rep = Report(args.out / "priors.md", "Natural-image priors in the Langevin energy, measured", args.quick)
     rep.text("Produced by `experiments/priors.py` (issue 12). What each prior buys and costs is discussed "
              "in [docs/priors.md](../priors.md).")
-    for part in (["imagenet", "cifar10"] if args.part == "all" else [args.part]):
+    for part in (["imagenet", "cifar10", "mnist"] if args.part == "all" else [args.part]):
         run_part(part, args, rep)
     rep.write()
 
