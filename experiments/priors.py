@@ -77,6 +77,9 @@ def configs(part: str, info: ldam.zoo.ModelInfo, generator: torch.nn.Module | No
         "spectral + transforms · pSGLD": dict(spec, method="psgld", step_size=0.05, p="spectral", transforms=tr),
         "spectral + transforms · ascent": dict(spec, **adam, p="spectral", transforms=tr),
     }
+    if part == "imagenet":  # averaging over more samples: twice the steps, the same energy
+        out["spectral + transforms · SGLD, 2x steps"] = dict(spec, step_size=2e-4, p="spectral", transforms=tr,
+                                                            steps_factor=2)
     if generator is not None:
         out["generator · SGLD"] = dict(temperature=temp, step_size=2e-3, p="generator")
         out["generator · ascent"] = dict(temperature=temp, **adam, p="generator")
@@ -143,7 +146,6 @@ def run_part(part: str, args, rep: Report) -> None:
     model = on(model, args.device)
     chains = 2 if quick else (args.chains if part == "imagenet" else args.small_chains)
     steps = 6 if quick else (args.steps if part == "imagenet" else args.small_steps)
-    burn = steps // 2
     generator = None
     if part in GENERATORS and args.generator != "none":
         from ldam.zoo import generators
@@ -156,18 +158,20 @@ def run_part(part: str, args, rep: Report) -> None:
     cache = root / (f"{part}-{chains}x{steps}" + (f"-{shape[-1]}px" if part == "imagenet" else ""))
     cache.mkdir(parents=True, exist_ok=True)
     results, pictures = {}, {}
+    factors = {name: kw.pop("steps_factor", 1) for name, kw in rows.items()}
     for name, kw in rows.items():
-        key = name.replace(" · ", "_").replace(" + ", "+").replace(" ", "-")
+        row_steps = steps * factors[name]
+        key = name.replace(" · ", "_").replace(" + ", "+").replace(", ", "_").replace(" ", "-")
         f = cache / f"{key}.pt"
         if f.exists():
             saved = torch.load(f, weights_only=True)
             results[name] = json.loads((cache / f"{key}.json").read_text())
             pictures[name] = saved["images"]
             continue
-        print(f"[{part}] {name}: {len(targets)} targets x {chains} chains, {steps} steps", flush=True)
+        print(f"[{part}] {name}: {len(targets)} targets x {chains} chains, {row_steps} steps", flush=True)
         t0 = time.perf_counter()
         ascent = isinstance(kw.get("method"), ldam.Ascent)
-        res = ldam.sample(model, targets, shape, chains=chains, steps=steps, burn_in=burn, seed=0,
+        res = ldam.sample(model, targets, shape, chains=chains, steps=row_steps, burn_in=row_steps // 2, seed=0,
                           keep_samples=False, ema_tau=None, **kw)
         images = (res.last if ascent else res.mean).float().contiguous()
         results[name] = score(part, images, res, model, judges, judge_feat, classes, chains, info)
