@@ -189,3 +189,35 @@ def test_ascent_reaches_the_analytic_optimum(spectral):
             want = w / lam
         got = res.last.reshape(3, -1).numpy()
         np.testing.assert_allclose(got, np.broadcast_to(want, got.shape), atol=2e-3, err_msg=method.optimizer)
+
+
+def test_the_denoising_autoencoder_prior_uses_the_denoisers_score():
+    """The optimal denoiser of ``N(0, I)`` latents under ``N(0, σ_d²)`` noise is ``D(h) = h/(1 + σ_d²)``,
+    so its score estimate ``(D(h) − h)/σ_d²`` is that of ``N(0, (1 + σ_d²) I)``. With a linear generator
+    and a linear neuron, SGLD must then sample ``h ~ N((1 + σ_d²) Aᵀw/T, (1 + σ_d²) I)`` (not the
+    ``N(0, I)`` prior's ``N(Aᵀw/T, I)``); Metropolis methods refuse the prior."""
+    torch.manual_seed(0)
+    sd = 1.0
+    gen = nn.Sequential(nn.Linear(4, 12, dtype=torch.float64), nn.Unflatten(1, (3, 2, 2)))
+    den = nn.Linear(4, 4, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        den.weight.copy_(torch.eye(4, dtype=torch.float64) / (1 + sd**2))
+    den.train()
+    model = Linear((3, 2, 2), seed=6)
+    temp = 2.0
+    param = ldam.Generator(gen, (4,), denoiser=den, denoiser_noise=sd)
+    res = ldam.sample(model, "output:0", (3, 2, 2), chains=2000, steps=600, burn_in=599, step_size=0.02,
+                      temperature=temp, parameterization=param, keep_samples=False, ema_tau=None, seed=2)
+    assert den.training and all(p.requires_grad for p in den.parameters())
+    a, b = gen[0].weight.detach().numpy(), gen[0].bias.detach().numpy()
+    w = model.fc.weight.detach().numpy().ravel()
+    var_h = 1 + sd**2
+    mean_x = a @ (var_h * a.T @ w / temp) + b
+    cov_x = var_h * a @ a.T
+    x = res.last.reshape(2000, -1).numpy()
+    se = np.sqrt(np.diag(cov_x) / 2000)
+    assert np.all(np.abs(x.mean(0) - mean_x) < 5 * se + 0.02 * np.abs(mean_x))  # SGLD's O(ε) bias is ~1 %
+    assert x.var(0, ddof=1).mean() / np.diag(cov_x).mean() == pytest.approx(1.0, abs=0.06)
+    for method in ("mala", "hmc"):
+        with pytest.raises(ValueError, match="only its gradient"):
+            ldam.Sampler(model, "output:0", (3, 2, 2), method=method, parameterization=param)

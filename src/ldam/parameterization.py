@@ -23,6 +23,7 @@ rejected), which keeps them exact.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -217,11 +218,19 @@ class Generator(Parameterization):
     VAE decoder for ``σ = 1``. ``G`` maps ``[B, *latent_shape]`` to the model's input (put any
     output range and normalization inside ``G``). ``G`` is run in eval mode and left as found.
     A hard :class:`~ldam.Box` cannot be kept in ``h`` (``G`` has no inverse): give ``G`` the range.
+
+    **PPGN's denoising-autoencoder prior** (``denoiser=D``, ``denoiser_noise=σ_d``): a network ``D``
+    trained to remove ``N(0, σ_d² I)`` noise from latents of real images estimates the score of
+    their density, ``∇log p(h) ≈ (D(h) − h) / σ_d²`` (Alain & Bengio 2014), which replaces
+    ``−h/σ²``. The prior is then known only through its gradient: unadjusted methods (SGLD, pSGLD,
+    ascent) use it; Metropolis methods, which need ``log p`` itself, refuse it.
     """
 
     generator: nn.Module
     latent_shape: Sequence[int]
     sigma: float = 1.0
+    denoiser: nn.Module | None = None
+    denoiser_noise: float = 0.1
     name = "generator"
 
     def __post_init__(self) -> None:
@@ -230,6 +239,21 @@ class Generator(Parameterization):
         self.latent_shape = tuple(int(v) for v in self.latent_shape)
         if self.sigma <= 0:
             raise ValueError(f"Generator needs sigma > 0, got {self.sigma}")
+        if self.denoiser is not None and not isinstance(self.denoiser, nn.Module):
+            raise TypeError(f"denoiser must be a torch.nn.Module, got {type(self.denoiser).__name__}")
+        if self.denoiser_noise <= 0:
+            raise ValueError(f"denoiser_noise must be > 0, got {self.denoiser_noise}")
+
+    @property
+    def implicit(self) -> bool:
+        """True when the latent prior is known only through its score (a denoiser)."""
+        return self.denoiser is not None
+
+    def latent_score_penalty(self, h: torch.Tensor) -> torch.Tensor:
+        """``−∇log p(h)`` as the denoiser estimates it: ``(h − D(h)) / σ_d²``."""
+        assert self.denoiser is not None
+        with torch.no_grad():
+            return (h - self.denoiser(h)) / self.denoiser_noise**2
 
     def bind(self, input_shape: Sequence[int], device: torch.device, dtype: torch.dtype) -> tuple[int, ...]:
         try:
@@ -254,8 +278,11 @@ class Generator(Parameterization):
     def guard(self) -> Iterator[None]:
         from .guard import model_guard
 
-        with model_guard(self.generator):
-            params = list(self.generator.parameters())
+        nets = [self.generator] + ([self.denoiser] if self.denoiser is not None else [])
+        with contextlib.ExitStack() as stack:
+            for net in nets:
+                stack.enter_context(model_guard(net))
+            params = [p for net in nets for p in net.parameters()]
             flags = [p.requires_grad for p in params]
             for p in params:
                 p.requires_grad_(False)
@@ -266,7 +293,9 @@ class Generator(Parameterization):
                     p.requires_grad_(flag)
 
     def __repr__(self) -> str:
-        return f"Generator({type(self.generator).__name__}, latent_shape={list(self.latent_shape)}, sigma={self.sigma})"
+        prior = (f"denoiser={type(self.denoiser).__name__}, denoiser_noise={self.denoiser_noise}"
+                 if self.denoiser is not None else f"sigma={self.sigma}")
+        return f"Generator({type(self.generator).__name__}, latent_shape={list(self.latent_shape)}, {prior})"
 
 
 class LatentEnergy(Energy):
@@ -336,10 +365,21 @@ class LatentEnergy(Energy):
             (gz,) = torch.autograd.grad(x, zr, gx)
         return f, gz
 
+    @property
+    def implicit(self) -> bool:
+        """True when the latent prior is known only through its score (no ``log p`` value)."""
+        return bool(getattr(self.param, "implicit", False))
+
     def _latent_weight(self) -> float:
         return self.temperature / self.param.sigma**2
 
     def prior(self, z: torch.Tensor, with_value: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.implicit:  # T·(−score), so that (a·f − prior)/T has the denoiser's score; no value
+            grad = self.param.latent_score_penalty(z).mul_(self.temperature)  # type: ignore[attr-defined]
+            if self.inner.soft:
+                _, gx = self.inner.prior(self.images(z), with_value=False)
+                grad = grad + self.param.pullback(z, gx)
+            return None, grad
         k = self._latent_weight()
         grad = z * k
         value = 0.5 * k * z.flatten(1).pow(2).sum(1) if with_value else None
@@ -356,6 +396,8 @@ class LatentEnergy(Energy):
         return value, grad
 
     def prior_split(self, z: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+        if self.implicit:
+            return 0.0, self.prior(z, with_value=False)[1]
         rest = None
         if self.inner.soft:
             _, gx = self.inner.prior(self.images(z), with_value=False)
@@ -363,6 +405,8 @@ class LatentEnergy(Energy):
         return self._latent_weight(), rest
 
     def prior_key(self) -> tuple | None:
+        if self.implicit:
+            return None
         key = self.inner.prior_key()
         return None if key is None else (key, self.temperature, self.param.sigma)
 

@@ -272,6 +272,11 @@ class Sampler:
         self.method = m
 
     def _check_mix(self, method: Method) -> None:
+        if isinstance(method, Metropolis) and getattr(self.energy, "implicit", False):
+            raise ValueError(
+                f"{method.name!r} needs log p itself, but a denoising-autoencoder prior gives only its gradient "
+                "(the score): use method='sgld', 'psgld' or 'ascent', or Generator without a denoiser"
+            )
         if isinstance(method, Metropolis) and self.transforms:
             raise ValueError(
                 f"{method.name!r} needs the exact energy, but transforms make the activation a random estimate "
