@@ -221,3 +221,16 @@ def test_the_denoising_autoencoder_prior_uses_the_denoisers_score():
     for method in ("mala", "hmc"):
         with pytest.raises(ValueError, match="only its gradient"):
             ldam.Sampler(model, "output:0", (3, 2, 2), method=method, parameterization=param)
+
+
+def test_psgld_stays_stable_on_the_latent_coordinates_f_does_not_see():
+    """The imaginary parts at self-conjugate frequencies feel only the latent Gaussian; started at 0
+    their gradient vanishes and an uncapped RMS preconditioner 1/√V = 1/δ took steps ~10⁵ times too
+    long (the chains diverged within a few steps; found with the README's spectral CLI example)."""
+    shape = (3, 6, 6)
+    model = Linear(shape, seed=7)
+    zs = (3, 6, 4, 2)
+    res = ldam.sample(model, "output:0", input_shape=shape, chains=3, steps=60, burn_in=1, step_size=0.05, method="psgld",
+                      temperature=5e-4, regularizers=[ldam.Box(-1, 1)], parameterization=ldam.Spectral(),
+                      init=torch.zeros(1, *zs, dtype=torch.float64))
+    assert torch.isfinite(res.last).all() and float(res.samples.abs().max()) <= 1 + 1e-9

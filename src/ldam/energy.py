@@ -284,6 +284,12 @@ class Energy:
                 rest = w * g if rest is None else rest.add_(g, alpha=w)
         return k, rest
 
+    def guarded_weight(self) -> float:
+        """``k`` of a quadratic term ``k/2T ‖x‖²`` whose stability an adaptive sampler must keep by
+        itself (a parameterization's latent Gaussian); 0 here: an unstable L2 step is the user's
+        choice, and is reported with a stable step size."""
+        return 0.0
+
     def prior_key(self) -> tuple | None:
         """Equal between two calls exactly when ``Σ λ_i R_i`` is the same function of ``x`` (every
         term static, the same fields); ``None`` when a term learns (a critic)."""

@@ -404,6 +404,11 @@ class LatentEnergy(Energy):
             rest = self.param.pullback(z, gx)
         return self._latent_weight(), rest
 
+    def guarded_weight(self) -> float:
+        """The latent Gaussian's ``T/σ²`` (curvature ``1/σ²`` in ``log p``): coordinates that ``f`` does
+        not see feel only this term, so pSGLD keeps its steps stable there; 0 for a denoiser."""
+        return 0.0 if self.implicit else self._latent_weight()
+
     def prior_key(self) -> tuple | None:
         if self.implicit:
             return None

@@ -217,7 +217,7 @@ class Sampler:
                 where = "" if parameterization is None else " (the latent of the parameterization)"
                 raise ShapeError(f"init must have shape [{self.batch} or 1, *{self.state_shape}]{where}, "
                                  f"got {list(init.shape)}")
-            self.x = init.expand(self.batch, *self.input_shape).clone()
+            self.x = init.expand(self.batch, *self.state_shape).clone()
             self.noise.initial()
         else:
             self.x = self.noise.initial() * init_scale

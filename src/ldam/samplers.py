@@ -673,6 +673,9 @@ class PSGLD(Method):
 
     ``V ← α V + (1 − α) g²``, ``G = 1 / (δ + √V)``, ``x ← x + (ε/2) G g + √(ε G) ξ``, where
     ``g = ∇log p(x)``. Every coordinate moves at a similar rate whatever its gradient scale.
+    Under a parameterization ``G`` is capped at ``2T/(εk)``, half the stability bound of the latent
+    Gaussian ``k/2T ‖z‖²`` (``k = T/σ²``): latent coordinates that ``f`` does not see have vanishing
+    gradients, and an uncapped ``1/√V`` would take unstable steps there.
 
     A preconditioner that keeps tracking the state biases the chain (it moves slower where
     gradients are large). With ``freeze=True`` (the default) ``V`` adapts during burn-in only;
@@ -685,7 +688,7 @@ class PSGLD(Method):
     freeze: bool = True
     name = "psgld"
     _v: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _g: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _g: tuple[torch.Tensor, torch.Tensor, float | None] | None = field(default=None, init=False, repr=False)
 
     def reset(self) -> None:
         self._v = self._g = None
@@ -701,10 +704,16 @@ class PSGLD(Method):
         elif ctx.adapting or not self.freeze:
             self._v.mul_(self.alpha).addcmul_(g, g, value=1 - self.alpha)
             self._g = None
-        if self._g is None:
+        k = ctx.energy.guarded_weight()
+        cap = 2 * ctx.temperature / (eps * k) if k > 0 else None
+        if self._g is None or self._g[2] != cap:
             precond = (self._v.sqrt() + self.delta).reciprocal_()
-            self._g = (precond, precond.sqrt())
-        precond, root = self._g
+            if cap is not None:
+                # where the gradient vanishes (a latent coordinate at the prior's centre) 1/√V would
+                # take a step past the prior's stability bound ε·G·k/2T < 2: stay at half of it
+                precond.clamp_(max=cap)
+            self._g = (precond, precond.sqrt(), cap)
+        precond, root, _ = self._g
         x.addcmul_(precond, g, value=eps / 2).addcmul_(root, ctx.noise.normal(), value=math.sqrt(eps))
         ctx.energy.project_(x)
         return f
