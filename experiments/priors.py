@@ -80,6 +80,9 @@ def configs(part: str, info: ldam.zoo.ModelInfo, generator: torch.nn.Module | No
     if part == "imagenet":  # averaging over more samples: twice the steps, the same energy
         out["spectral + transforms · SGLD, 2x steps"] = dict(spec, step_size=2e-4, p="spectral", transforms=tr,
                                                             steps_factor=2)
+        # the same density; E_τ f estimated with two transforms per step (less gradient noise)
+        out["spectral + transforms · SGLD, 2x steps, 2 draws"] = dict(
+            spec, step_size=2e-4, p="spectral", transforms=tr, transform_draws=2, steps_factor=2)
     if generator is not None:
         out["generator · SGLD"] = dict(temperature=temp, step_size=2e-3, p="generator")
         out["generator · ascent"] = dict(temperature=temp, **adam, p="generator")

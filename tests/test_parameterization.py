@@ -54,6 +54,12 @@ def test_spectral_matches_numpy_and_inverts(shape, decay, decorrelate):
     z = torch.randn(4, *zs, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x = sp.forward(z)
     np.testing.assert_allclose(x.reshape(4, -1).numpy(), z.reshape(4, -1).numpy() @ phi, atol=1e-12)
+    # on CPU the inverse real FFT already projects onto the Hermitian part (the probe says so), so the
+    # forward map skips it; the explicit symmetrization that other backends use gives the same map
+    assert sp._projects
+    sp._projects = False
+    np.testing.assert_allclose(sp.forward(z).reshape(4, -1).numpy(), z.reshape(4, -1).numpy() @ phi, atol=1e-12)
+    sp._projects = True
     # a white z gives unit mean pixel variance exactly
     assert (phi**2).sum() / (c * h * w) == pytest.approx(1.0, rel=1e-12)
     # inverse: Φ(Φ⁻(x)) = x, and Φ⁻ is the minimum-norm pre-image (orthogonal to Φ's null space)
@@ -62,6 +68,11 @@ def test_spectral_matches_numpy_and_inverts(shape, decay, decorrelate):
     np.testing.assert_allclose(sp.forward(zi).numpy(), xi.numpy(), atol=1e-10)
     zmin = np.linalg.lstsq(phi.T, xi.reshape(3, -1).numpy().T, rcond=None)[0].T
     np.testing.assert_allclose(zi.reshape(3, -1).numpy(), zmin, atol=1e-9)
+    # the closed-form adjoint (no autograd graph) is the numpy matrix's transpose: Φᵀ g = φ g
+    g = torch.randn(4, c, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    gz = sp.pullback(z, g)
+    assert gz.shape == z.shape
+    np.testing.assert_allclose(gz.reshape(4, -1).numpy(), g.reshape(4, -1).numpy() @ phi.T, atol=1e-12)
 
 
 def test_color_covariance_of_the_photos():
@@ -234,3 +245,34 @@ def test_psgld_stays_stable_on_the_latent_coordinates_f_does_not_see():
                       temperature=5e-4, regularizers=[ldam.Box(-1, 1)], parameterization=ldam.Spectral(),
                       init=torch.zeros(1, *zs, dtype=torch.float64))
     assert torch.isfinite(res.last).all() and float(res.samples.abs().max()) <= 1 + 1e-9
+
+
+def test_spectral_on_a_backend_whose_inverse_fft_does_not_project(monkeypatch):
+    """A backend may build the conjugate half of the self-conjugate columns from their upper rows
+    instead of projecting (cuFFT leaves it undefined); the probe must notice, and the forward map
+    must then symmetrize explicitly and still be the numpy matrix."""
+    real_irfft2 = torch.fft.irfft2
+
+    def upper_rows_irfft2(spec, s=None, norm=None):
+        h, w = s
+        spec = spec.clone()
+        rev = (-torch.arange(h)) % h
+        for col in [0] + ([w // 2] if w % 2 == 0 else []):
+            upper = torch.arange(h) <= h // 2
+            spec[..., ~upper, col] = spec[..., rev, col][..., ~upper].conj()
+            spec[..., 0, col] = spec[..., 0, col].real
+        return real_irfft2(spec, s=s, norm=norm)
+
+    c, h, w = 3, 6, 6
+    z = torch.randn(4, c, h, w // 2 + 1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    honest = ldam.Spectral()
+    honest.bind((c, h, w), CPU, torch.float64)
+    assert honest._projects
+    monkeypatch.setattr(torch.fft, "irfft2", upper_rows_irfft2)
+    sp = ldam.Spectral()
+    sp.bind((c, h, w), CPU, torch.float64)
+    assert not sp._projects
+    phi = np_spectral_matrix(c, h, w, 1.0, sp._mix.numpy())
+    np.testing.assert_allclose(sp.forward(z).reshape(4, -1).numpy(), z.reshape(4, -1).numpy() @ phi, atol=1e-12)
+    sp._projects = True  # skipping the symmetrization on such a backend would be wrong
+    assert not np.allclose(sp.forward(z).reshape(4, -1).numpy(), z.reshape(4, -1).numpy() @ phi, atol=1e-6)

@@ -125,6 +125,11 @@ class Spectral(Parameterization):
     name = "spectral"
     linear = True
     _scale: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _inv_scale: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _adj_scale: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _conj_sign: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _projects: bool = field(default=False, init=False, repr=False)
+    _mix_t: torch.Tensor | None = field(default=None, init=False, repr=False)
     _mix: torch.Tensor | None = field(default=None, init=False, repr=False)
     _mix_inv: torch.Tensor | None = field(default=None, init=False, repr=False)
     _hw: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
@@ -145,7 +150,18 @@ class Spectral(Parameterization):
         c, h, w = (int(v) for v in input_shape)
         self._hw = (h, w)
         scale = spectral_scale(h, w, self.decay)
-        self._scale = scale.to(device, dtype)
+        # scales on the real view [h, w//2+1, 2], stored dense: a stride-0 broadcast over the last
+        # dimension is several times slower than an elementwise product
+        pair = scale[..., None].expand(h, w // 2 + 1, 2)
+        self._scale = pair.to(device, dtype).contiguous()
+        self._inv_scale = (1.0 / pair).to(device, dtype).contiguous()
+        # the adjoint counts twice each coefficient whose conjugate the real transform implies
+        last = w // 2 if w % 2 == 0 else w // 2 + 1
+        weight = torch.ones(h, w // 2 + 1, 1, dtype=torch.float64)
+        weight[:, 1:last] = 2.0
+        self._adj_scale = (pair * weight).to(device, dtype).contiguous()
+        self._conj_sign = torch.tensor([1.0, -1.0], device=device, dtype=dtype)
+        self._projects = _c2r_projects(h, w, device, dtype)
         mix = torch.eye(c, dtype=torch.float64)
         if self.decorrelate and c > 1:
             cov = self.color if self.color is not None else PHOTO_COVARIANCE
@@ -156,23 +172,38 @@ class Spectral(Parameterization):
         self._identity = bool(torch.equal(mix, torch.eye(c, dtype=torch.float64)))
         self._mix = mix.to(device, dtype)
         self._mix_inv = torch.linalg.inv(mix).to(device, dtype)
+        self._mix_t = mix.t().contiguous().to(device, dtype)
         return (c, h, w // 2 + 1, 2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         assert self._scale is not None and self._mix is not None, "bind() first"
         h, w = self._hw
-        spec = hermitian(torch.view_as_complex(z.contiguous()) * self._scale, h, w)
-        y = torch.fft.irfft2(spec, s=(h, w), norm="ortho")
-        return y if self._identity else torch.einsum("dc,bchw->bdhw", self._mix, y)
+        spec = z * self._scale
+        if not self._projects:
+            _hermitian_(spec, w, self._conj_sign)
+        y = torch.fft.irfft2(torch.view_as_complex(spec), s=(h, w), norm="ortho")
+        return y if self._identity else _mix_channels(self._mix, y)
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         """The minimum-norm ``z`` with ``Φ(z) = x`` (no part in the coordinates ``Φ`` does not see)."""
         assert self._scale is not None and self._mix_inv is not None, "bind() first"
         h, w = self._hw
-        y = x if self._identity else torch.einsum("dc,bchw->bdhw", self._mix_inv, x)
+        y = x if self._identity else _mix_channels(self._mix_inv, x)
         spec = torch.fft.rfft2(y, s=(h, w), norm="ortho")
         # rfft2 already gives the Hermitian-consistent half spectrum hermitian() produces
-        return torch.view_as_real(spec / self._scale).contiguous()
+        return torch.view_as_real(spec).mul_(self._inv_scale)
+
+    def pullback(self, z: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
+        """``J_Φᵀ g`` in closed form (``Φ`` is linear, so no graph is built): ``g ↦ Mᵀ g``, then the
+        adjoint of the orthonormal inverse real FFT, ``rfft2`` with the columns whose conjugates are
+        implied counted twice (each such coefficient sets two entries of the full spectrum); the
+        adjoint of :func:`hermitian` is itself (a projection), and ``rfft2`` of a real image is
+        already Hermitian in those columns; last ``s ⊙ ·``."""
+        assert self._scale is not None and self._mix is not None, "bind() first"
+        h, w = self._hw
+        gy = gx if self._identity else _mix_channels(self._mix_t, gx)
+        spec = torch.fft.rfft2(gy, s=(h, w), norm="ortho")
+        return torch.view_as_real(spec).mul_(self._adj_scale)
 
     def lift(self, dx: torch.Tensor) -> torch.Tensor:
         return self.inverse(dx)
@@ -201,13 +232,42 @@ def hermitian(spec: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Make the columns of a half spectrum ``[..., h, w//2+1]`` that must be Hermitian on their own
     (the first column, and the last when ``w`` is even) Hermitian: ``X[k] ← (X[k] + conj X[−k]) / 2``
     along the rows. The real transform is then the same linear map on every backend."""
-    cols = [0] + ([w // 2] if w % 2 == 0 else [])
-    out = spec.clone()
-    rev = (-torch.arange(h, device=spec.device)) % h
-    for c in cols:
-        col = spec[..., :, c]
-        out[..., :, c] = 0.5 * (col + col[..., rev].conj())
-    return out
+    if spec.shape[-2] != h:
+        raise ShapeError(f"hermitian: the spectrum has {spec.shape[-2]} rows, not {h}")
+    out = torch.view_as_real(spec.clone())
+    _hermitian_(out, w, torch.tensor([1.0, -1.0], dtype=out.dtype, device=out.device))
+    return torch.view_as_complex(out)
+
+
+def _mix_channels(m: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``m`` applied to the channels of ``y [B, C, H, W]`` (a broadcast matmul: no permuted copies)."""
+    return torch.matmul(m, y.reshape(y.shape[0], y.shape[1], -1)).reshape(y.shape)
+
+
+def _c2r_projects(h: int, w: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this device's inverse real FFT already gives ``irfft2(X) = irfft2(hermitian(X))``
+    for every ``X`` (true where the transform along the rows is complex and the last one keeps the
+    real part of the self-conjugate columns, as pocketfft does); then :meth:`Spectral.forward` can
+    skip the symmetrization. Probed on a random spectrum and its Hermitian projection."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, h, w // 2 + 1, 2, generator=gen, dtype=torch.float64).to(device, dtype)
+    try:
+        a = torch.fft.irfft2(torch.view_as_complex(x), s=(h, w), norm="ortho")
+        b = torch.fft.irfft2(hermitian(torch.view_as_complex(x), h, w), s=(h, w), norm="ortho")
+    except RuntimeError:  # a dtype the device's FFT lacks: keep the explicit symmetrization
+        return False
+    # the pixels are ~N(0, 1); a transform that used the non-Hermitian part differs by O(1)
+    return bool(torch.allclose(a, b, atol=1e-3, rtol=0))
+
+
+def _hermitian_(spec: torch.Tensor, w: int, conj_sign: torch.Tensor) -> torch.Tensor:
+    """:func:`hermitian` in place on the real view ``[..., h, w//2+1, 2]``. Row ``−k`` of a column is
+    row ``h − k``: row 0 pairs with itself and rows ``1..h−1`` with their reverse."""
+    cols = spec[..., :: w // 2, :] if w % 2 == 0 else spec[..., 0:1, :]  # columns 0 and w/2, or 0
+    tail = cols[..., 1:, :, :]
+    tail.add_(tail.flip(-3).mul_(conj_sign)).mul_(0.5)
+    cols[..., 0, :, 1] = 0.0
+    return spec
 
 
 @dataclass
@@ -358,6 +418,9 @@ class LatentEnergy(Energy):
         return x
 
     def activation(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.param.linear:  # x is usually cached (the box check or the average after the last step)
+            f, gx = self.inner.activation(self.images(z))
+            return f, self.param.pullback(z, gx)
         with torch.enable_grad():
             zr = z.detach().requires_grad_(True)
             x = self.param.forward(zr)
