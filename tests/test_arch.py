@@ -297,7 +297,7 @@ def test_serve_passes_arch_to_the_loader_and_offers_only_the_named_models(tmp_pa
     assert e.info.class_names is None
     assert all(torch.equal(p, q) for p, q in zip(e.model.parameters(), original.parameters()))
     assert entries["zoo:lenet-mnist"].info.mean == (0.1307,)  # zoo models keep their own description
-    with TestClient(server.create_app(entries)) as c:
+    with TestClient(server.create_app(entries), base_url="http://localhost") as c:
         models = {m["name"]: m for m in c.get("/api/models").json()["models"]}
         assert set(models) == {spec, "zoo:lenet-mnist"} and models[spec]["input_shape"] == [1, 28, 28]
         assert "conv1" in {layer["name"] for layer in models[spec]["layers"]}

@@ -21,6 +21,8 @@ from ldam.web.server import ServerConfig, create_app  # noqa: E402
 from ldam.web.session import ModelEntry  # noqa: E402
 
 MODEL = "zoo:lenet-mnist"
+LOCAL = "http://127.0.0.1:8765"  # the Host a local browser sends (the server refuses others)
+WS = "ws://127.0.0.1:8765/ws"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def entries():
 
 
 def client(entries, **cfg) -> TestClient:
-    return TestClient(create_app(entries, ServerConfig(**cfg)))
+    return TestClient(create_app(entries, ServerConfig(**cfg)), base_url=LOCAL)
 
 
 def receive(ws, kind: str, limit: int = 500) -> dict:
@@ -59,7 +61,7 @@ def png_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
 
 
 def test_a_session_streams_frames_of_the_right_layout(entries):
-    with client(entries) as c, c.websocket_connect("/ws") as ws:
+    with client(entries) as c, c.websocket_connect(WS) as ws:
         hello = receive(ws, "hello")
         assert hello["models"][0]["name"] == MODEL
         started = start(ws)
@@ -74,7 +76,7 @@ def test_a_session_streams_frames_of_the_right_layout(entries):
 
 def test_controls_reach_the_server_side_sampler(entries):
     app = create_app(entries, ServerConfig())
-    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+    with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
         start(ws)
         ws.send_json({"type": "set", "temperature": 0.5, "step_size": 0.002, "l2": 1.5, "ema_tau": 3,
@@ -92,7 +94,7 @@ def test_controls_reach_the_server_side_sampler(entries):
 
 
 def test_malformed_messages_get_an_error_and_the_session_lives_on(entries):
-    with client(entries) as c, c.websocket_connect("/ws") as ws:
+    with client(entries) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
         bad = [
             ("{not json", "malformed JSON"),
@@ -121,7 +123,7 @@ def test_malformed_messages_get_an_error_and_the_session_lives_on(entries):
 
 
 def test_uploads_are_capped_and_decoded_safely(entries):
-    with client(entries) as c, c.websocket_connect("/ws") as ws:
+    with client(entries) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
 
         def send(data: str):
@@ -145,7 +147,7 @@ def test_uploads_are_capped_and_decoded_safely(entries):
 def test_activation_maps_match_the_layer_output(entries):
     """The map of each conv1 unit is that unit's output for the uploaded image (signed display)."""
     entry = entries[MODEL]
-    with client(entries) as c, c.websocket_connect("/ws") as ws:
+    with client(entries) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
         raw = png_bytes((28, 28), (255, 255, 255))
         ws.send_json({"type": "activations", "model": MODEL, "layer": "conv1",
@@ -159,8 +161,8 @@ def test_activation_maps_match_the_layer_output(entries):
 
 def test_a_client_that_disconnects_mid_stream_stops_its_worker(entries):
     app = create_app(entries, ServerConfig())
-    with TestClient(app) as c:
-        with c.websocket_connect("/ws") as ws:
+    with TestClient(app, base_url=LOCAL) as c:
+        with c.websocket_connect(WS) as ws:
             receive(ws, "hello")
             start(ws)
             receive(ws, "frame")
@@ -169,41 +171,42 @@ def test_a_client_that_disconnects_mid_stream_stops_its_worker(entries):
         while (app.state.sessions or session.alive) and time.time() < deadline:
             time.sleep(0.05)
         assert not app.state.sessions and not session.alive
-        with c.websocket_connect("/ws") as ws:  # the server carries on
+        with c.websocket_connect(WS) as ws:  # the server carries on
             receive(ws, "hello")
 
 
 def test_session_limit_and_token(entries):
-    with client(entries, max_sessions=1) as c, c.websocket_connect("/ws") as first:
+    with client(entries, max_sessions=1) as c, c.websocket_connect(WS) as first:
         receive(first, "hello")
-        with c.websocket_connect("/ws") as second:
+        with c.websocket_connect(WS) as second:
             err = second.receive_json()
             assert err["type"] == "error" and "limit of 1 sessions" in err["message"]
     with client(entries, token="s3cret") as c:
         assert c.get("/api/health").status_code == 401
         assert c.get("/api/health?token=wrong").status_code == 401
         assert c.get("/api/health?token=s3cret").json()["ok"]
+        c.cookies.clear()  # that reply set the page's cookie; without it a socket needs the token
         with pytest.raises(Exception):
-            with c.websocket_connect("/ws") as ws:
+            with c.websocket_connect(WS) as ws:
                 ws.receive_json()
-        with c.websocket_connect("/ws?token=s3cret") as ws:
+        with c.websocket_connect(WS + "?token=s3cret") as ws:
             assert receive(ws, "hello")
 
 
 def test_cross_origin_sockets_are_refused(entries):
     with client(entries) as c:
         with pytest.raises(Exception):
-            with c.websocket_connect("/ws", headers={"origin": "http://evil.example"}) as ws:
+            with c.websocket_connect(WS, headers={"origin": "http://evil.example"}) as ws:
                 ws.receive_json()
 
 
 def test_snapshot_and_gif_recording(entries):
-    with client(entries) as c, c.websocket_connect("/ws") as ws:
+    with client(entries) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
         start(ws, unit=4, chains=3)
         ws.send_json({"type": "record", "on": True})
         receive(ws, "recording")
-        for _ in range(3):
+        for _ in range(5):  # the first may have been drawn before the recording began
             receive(ws, "frame")
         ws.send_json({"type": "record", "on": False})
         gif = receive(ws, "gif")
@@ -218,7 +221,7 @@ def test_snapshot_and_gif_recording(entries):
 
 def test_pause_stops_frames(entries):
     app = create_app(entries, ServerConfig())
-    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+    with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
         start(ws)
         receive(ws, "frame")
@@ -274,7 +277,7 @@ def test_the_discriminator_slider_adds_an_online_critic_that_follows_the_method(
     entry = ModelEntry(base.name, base.model, base.info, base.layers,
                        train_images=torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8, generator=g))
     app = create_app({MODEL: entry}, ServerConfig())
-    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+    with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(WS) as ws:
         assert receive(ws, "hello")["models"][0]["discriminator"] is True
         start(ws)
         ws.send_json({"type": "set", "disc_weight": 0.5, "method": "paper"})
@@ -295,7 +298,7 @@ def test_top9_are_the_test_images_that_drive_the_unit_most(entries):
     images = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8, generator=g)
     entry = ModelEntry(base.name, base.model, base.info, base.layers, test_images=images,
                        test_labels=torch.zeros(50, dtype=torch.long))
-    with client({MODEL: entry}) as c, c.websocket_connect("/ws") as ws:
+    with client({MODEL: entry}) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
         ws.send_json({"type": "top9", "model": MODEL, "layer": "conv1", "unit": 2})
         top = receive(ws, "top9")
@@ -311,7 +314,7 @@ def test_top9_are_the_test_images_that_drive_the_unit_most(entries):
 
 def test_a_failing_step_pauses_the_session_with_the_reason_and_it_recovers(entries):
     app = create_app(entries, ServerConfig())
-    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+    with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
         start(ws, unit=2, chains=4)
         receive(ws, "frame")
@@ -339,7 +342,7 @@ def test_your_own_module_can_be_served():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     entry = ModelEntry.from_model("mine", model, (1, 12, 12), class_names=list("abcde"))
     app = create_app({"mine": entry}, ServerConfig())
-    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+    with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(WS) as ws:
         hello = receive(ws, "hello")
         assert hello["models"][0]["classes"] == list("abcde") and hello["models"][0]["all_outputs"]
         ws.send_json({"type": "start", "model": "mine", "layer": "conv2", "unit": 4, "chains": 3})
@@ -411,7 +414,7 @@ def test_a_session_can_sample_in_the_spectrum_with_transforms(entries):
     """The sampler page's prior choices reach the server's sampler; a Metropolis method is then refused
     with the reason and the session keeps streaming."""
     app = create_app(entries, ServerConfig())
-    with TestClient(app) as c, c.websocket_connect("/ws") as ws:
+    with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
         ws.send_json({"type": "start", "model": MODEL, "layer": "output", "unit": 3, "chains": 4,
                       "parameterization": "spectral", "transforms": True})

@@ -432,7 +432,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = args.model or [DEMO_MODEL]
     device = resolve_device(args.device)  # checked before any model is loaded
     cfg = ServerConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
-                       max_fps=args.max_fps)
+                       max_fps=args.max_fps, allowed_hosts=tuple(args.allowed_host or ()))
     try:
         serve(models, cfg, with_data=not args.no_data, device=device, **model_options(args))
     except KeyboardInterrupt:
@@ -505,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--allow-remote", action="store_true",
                    help="allow a --host other than localhost; prints a warning and requires a token")
     w.add_argument("--token", default=None, help="require ?token=TOKEN on every request (generated with --allow-remote)")
+    w.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="with --allow-remote: a host name browsers use to reach this server (repeatable); other Host "
+                   "headers are refused (DNS rebinding). Default: the --host address, or any name behind the token "
+                   "when --host is 0.0.0.0/::")
     w.add_argument("--max-sessions", type=_positive(int), default=4, help="concurrent browser sessions (default: %(default)s)")
     w.add_argument("--max-fps", type=_positive(float), default=60.0, help="frames per second per session, at most (default: %(default)s)")
     w.add_argument("--no-data", action="store_true", help="do not load datasets (no discriminator, no dataset inputs)")

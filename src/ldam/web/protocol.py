@@ -109,6 +109,12 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
 TYPES = ("start", "set", "pause", "resume", "reset", "snapshot", "record", "activations", "top9", "ack")
 
 
+def short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a reply never echoes a large client value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ProtocolError(ValueError):
     """A client message that cannot be acted on; the text is sent back to the client."""
 
@@ -122,11 +128,13 @@ def parse(text: str | bytes) -> Any:
         raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ProtocolError(f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise ProtocolError("malformed JSON: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ProtocolError("a message must be a JSON object with a 'type'")
     kind = raw.get("type")
-    if kind not in TYPES:
-        raise ProtocolError(f"unknown message type {kind!r}; expected one of {', '.join(TYPES)}")
+    if not isinstance(kind, str) or kind not in TYPES:
+        raise ProtocolError(f"unknown message type {short(kind)}; expected one of {', '.join(TYPES)}")
     if kind != "activations" and len(text) > MAX_MESSAGE:
         raise ProtocolError(f"message too large ({len(text)} bytes; the limit is {MAX_MESSAGE})")
     try:
@@ -134,4 +142,8 @@ def parse(text: str | bytes) -> Any:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+        if len(where) > 60:
+            where = where[:57] + "..."
         raise ProtocolError(f"invalid {kind!r} message: {where}: {first['msg']}") from None
+    except RecursionError:
+        raise ProtocolError(f"invalid {kind!r} message: nested too deeply") from None

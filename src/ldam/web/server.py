@@ -17,19 +17,23 @@ import io
 import ipaddress
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from ..errors import LdamError
-from .protocol import MAX_UPLOAD, Ack, Activations, ProtocolError, Record, Set, Simple, Start, Top, parse
+from .protocol import MAX_UPLOAD, Ack, Activations, ProtocolError, Record, Set, Simple, Start, Top, parse, short
 from .session import LiveSession, ModelEntry, activation_maps, top_images
+
+if TYPE_CHECKING:
+    import socket
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_PORT = 8765
@@ -39,6 +43,18 @@ MAX_PIXELS = 40_000_000
 #: than this many frames, however slow it is and however large the socket buffers are.
 IN_FLIGHT = 2
 FORMATS = {"PNG", "JPEG", "GIF", "BMP", "WEBP"}
+#: Seconds without a frame taken by the client (sent to a page that does not acknowledge, or
+#: acknowledged by one that does) after which the session's worker idles until the client reads.
+STALL_S = 5.0
+#: Seconds a single send may block (the client reads nothing) before the connection is closed.
+SEND_TIMEOUT_S = 20.0
+#: Seconds without any message or acknowledgement, while frames wait, before the client is evicted.
+IDLE_EVICT_S = 120.0
+#: Requests that run the model or decode an upload: at most one at a time per session, and at
+#: most ``HEAVY_BURST`` in any ``HEAVY_WINDOW_S`` seconds.
+HEAVY_BURST = 6
+HEAVY_WINDOW_S = 10.0
+COOKIE = "ldam_token"
 
 
 @dataclass
@@ -50,15 +66,46 @@ class ServerConfig:
     token: str | None = None
     max_sessions: int = 4
     max_fps: float = 60.0
+    #: Host names a remote-mode browser may use (besides ``host`` itself when it is a name or a
+    #: specific address); empty with a wildcard ``host`` accepts any, the token still required.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def host_name(header: str | None) -> str | None:
+    """The host part of a ``Host`` header (``name``, ``name:port``, ``[v6]:port``), lower-case."""
+    if not header:
+        return None
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        return header[: end + 1] if end > 0 else None
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def host_allowed(header: str | None, cfg: ServerConfig) -> bool:
+    """DNS rebinding guard: a local server answers only to loopback names and addresses; a remote
+    one to its configured names (any, behind the token, when it binds a wildcard address and
+    none are given)."""
+    name = host_name(header)
+    if name is None:
+        return False
+    if cfg.token is None:
+        return is_loopback(name)
+    names = {h.lower() for h in cfg.allowed_hosts}
+    if cfg.host not in ("0.0.0.0", "::", ""):
+        names.add(cfg.host.lower())
+    if not names:
+        return True
+    return name in names or name.strip("[]") in names or is_loopback(name)
 
 
 def decode_upload(data: str, entry: ModelEntry) -> torch.Tensor:
@@ -83,7 +130,7 @@ def decode_upload(data: str, entry: ModelEntry) -> torch.Tensor:
             arr = torch.tensor(bytearray(im.tobytes()), dtype=torch.uint8).float().div_(255)
     except ProtocolError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except Exception as e:  # noqa: BLE001 - a crafted file may raise anything from deep in a decoder
         raise ProtocolError(f"the upload is not a readable image ({type(e).__name__})") from None
     pixels = arr.view(h, w, c).permute(2, 0, 1) if c == 3 else arr.view(1, h, w)
     return entry.preprocess_pixels(pixels)
@@ -123,15 +170,27 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
     app.state.entries = entries
     app.state.config = cfg
 
-    def authorized(token: str | None) -> bool:
-        return cfg.token is None or (token is not None and secrets.compare_digest(token, cfg.token))
+    def token_ok(token: str | None) -> bool:
+        # bytes: compare_digest refuses non-ASCII str, and a wrong token is a 401, never a 500
+        return token is not None and secrets.compare_digest(token.encode("utf-8", "replace"),
+                                                            cfg.token.encode("utf-8"))  # type: ignore[union-attr]
+
+    def authorized(query_token: str | None, cookie_token: str | None) -> bool:
+        return cfg.token is None or token_ok(query_token) or token_ok(cookie_token)
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Any:
-        if not authorized(request.query_params.get("token")):
+        if not host_allowed(request.headers.get("host"), cfg):
+            return JSONResponse({"error": "this server answers only to its own host name (Host header refused)"},
+                                status_code=421)
+        query_token = request.query_params.get("token")
+        if not authorized(query_token, request.cookies.get(COOKIE)):
             return JSONResponse({"error": "this server needs ?token=... (printed when it started)"}, status_code=401)
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
+        if cfg.token is not None and token_ok(query_token):
+            # the page's assets and socket then authenticate without the token in their URLs
+            response.set_cookie(COOKIE, cfg.token, httponly=True, samesite="strict", path="/")
         return response
 
     @app.get("/")
@@ -158,7 +217,10 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
 
     @app.websocket("/ws")
     async def socket(ws: WebSocket) -> None:
-        if not authorized(ws.query_params.get("token")):
+        if not host_allowed(ws.headers.get("host"), cfg):
+            await ws.close(code=4403, reason="host not allowed")
+            return
+        if not authorized(ws.query_params.get("token"), ws.cookies.get(COOKIE)):
             await ws.close(code=4401, reason="token required")
             return
         origin = ws.headers.get("origin")
@@ -173,79 +235,63 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
                                 "message": f"the server is at its limit of {cfg.max_sessions} sessions; close another tab"})
             await ws.close(code=1013)
             return
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        slot: dict[str, Any] = {"frame": None}
-        flow = {"sent": 0, "acked": 0, "acking": False}
-        replies: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
-
-        def publish(msg: dict[str, Any]) -> None:  # any thread
-            if msg.get("type") == "frame":
-                slot["frame"] = msg  # the newest frame replaces one not yet sent
-            else:
-                replies.append(msg)
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # the loop is closed: the connection is gone
-                pass
-
-        session = LiveSession(entries, publish, cfg.max_fps)
-        with lock:
-            sessions.add(session)
-
-        async def sender() -> None:
-            while True:
-                await wake.wait()
-                wake.clear()
-                while replies:
-                    await ws.send_json(replies.popleft())
-                if flow["acking"] and flow["sent"] - flow["acked"] >= IN_FLIGHT:
-                    continue  # the page is behind: keep only the newest frame until it acknowledges
-                frame, slot["frame"] = slot["frame"], None
-                if frame is not None:
-                    flow["sent"] += 1
-                    await ws.send_json(frame)
-
-        send_task = asyncio.create_task(sender())
-        publish({"type": "hello", "models": [e.describe() for e in entries.values()],
-                 "limits": {"chains": 100, "upload_bytes": MAX_UPLOAD}})
-        try:
-            while True:
-                event = await ws.receive()
-                if event["type"] == "websocket.disconnect":
-                    break
-                text = event.get("text")
-                if text is None:
-                    publish({"type": "error", "message": "send JSON text messages, not binary"})
-                    continue
-                try:
-                    msg = parse(text)
-                    if isinstance(msg, Ack):
-                        flow["acked"] = min(flow["acked"] + 1, flow["sent"])
-                        wake.set()
-                        continue
-                    if isinstance(msg, Start):
-                        flow.update(acking=msg.ack, sent=0, acked=0)
-                    await _dispatch(msg, session, entries, publish)
-                except (ProtocolError, LdamError, ValueError, KeyError) as e:
-                    publish({"type": "error", "message": str(e).strip("'\"")})
-                if send_task.done():
-                    break
-        except WebSocketDisconnect:
-            pass
-        finally:
-            send_task.cancel()
-            session.stop(timeout=0)  # signal at once: this task may itself be cancelled below
-            with lock:
-                sessions.discard(session)
-            await asyncio.to_thread(session.stop)
+        await _connection(ws, entries, cfg, sessions, lock)
 
     return app
 
 
-async def _dispatch(msg: Any, session: LiveSession, entries: dict[str, ModelEntry], publish: Any) -> None:
+class _Heavy:
+    """One connection's requests that run the model or decode an upload: one at a time, at most
+    ``HEAVY_BURST`` per ``HEAVY_WINDOW_S`` seconds, off the event loop; uploads are decoded one at a
+    time server-wide so that no client takes every core from the others."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.times: collections.deque[float] = collections.deque()
+
+    def admit(self) -> None:
+        now = time.monotonic()
+        if self.task is not None and not self.task.done():
+            raise ProtocolError("the previous image or activations request is still running; wait for its reply")
+        while self.times and now - self.times[0] > HEAVY_WINDOW_S:
+            self.times.popleft()
+        if len(self.times) >= HEAVY_BURST:
+            raise ProtocolError(f"at most {HEAVY_BURST} image or activations requests per {HEAVY_WINDOW_S:g} s; "
+                                "wait a moment")
+        self.times.append(now)
+
+
+_DECODE = threading.BoundedSemaphore(1)
+
+
+def _decode_guarded(msg: Activations, entry: ModelEntry) -> torch.Tensor:
+    with _DECODE:
+        return _input(msg, entry)
+
+
+async def _heavy(msg: Any, entries: dict[str, ModelEntry], publish: Any) -> None:
+    try:
+        if isinstance(msg, Activations):
+            entry = entries[msg.model]
+            x = await asyncio.to_thread(_decode_guarded, msg, entry)
+            publish(await asyncio.to_thread(activation_maps, entry, msg.layer, x))
+        else:
+            publish(await asyncio.to_thread(top_images, entries[msg.model], msg.layer, msg.unit))
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure is this request's error reply, never the session's end
+        publish({"type": "error", "message": _reason(e)})
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, (ProtocolError, LdamError, ValueError, KeyError)):
+        return str(e).strip("'\"")
+    return f"the server could not handle that message ({type(e).__name__})"
+
+
+def _dispatch(msg: Any, session: LiveSession, entries: dict[str, ModelEntry], publish: Any, heavy: _Heavy) -> None:
     if isinstance(msg, (Start, Activations, Top)) and msg.model not in entries:
-        raise ProtocolError(f"unknown model {msg.model!r}; this server offers: {', '.join(entries)}")
+        raise ProtocolError(f"unknown model {short(msg.model)}; this server offers: {', '.join(entries)}")
     if isinstance(msg, Start):
         session.submit("start", msg.model_dump())
     elif isinstance(msg, Set):
@@ -254,12 +300,118 @@ async def _dispatch(msg: Any, session: LiveSession, entries: dict[str, ModelEntr
         session.submit(msg.type)
     elif isinstance(msg, Record):
         session.submit("record", msg.on)
-    elif isinstance(msg, Activations):
-        entry = entries[msg.model]
-        x = _input(msg, entry)
-        publish(await asyncio.to_thread(activation_maps, entry, msg.layer, x))
-    elif isinstance(msg, Top):
-        publish(await asyncio.to_thread(top_images, entries[msg.model], msg.layer, msg.unit))
+    elif isinstance(msg, (Activations, Top)):
+        heavy.admit()
+        heavy.task = asyncio.create_task(_heavy(msg, entries, publish))
+
+
+async def _connection(ws: WebSocket, entries: dict[str, ModelEntry], cfg: ServerConfig,
+                      sessions: set[LiveSession], lock: threading.Lock) -> None:
+    """One accepted socket: its session, a sender, a receiver and a watchdog, until any ends.
+
+    The sender forwards every reply in order and the newest frame whenever the socket is free
+    (at most ``IN_FLIGHT`` unacknowledged for a page that acknowledges). A send that blocks for
+    ``SEND_TIMEOUT_S`` ends the connection. While no frame is taken for ``STALL_S`` the worker
+    idles; after ``IDLE_EVICT_S`` of silence with frames waiting the client is evicted. The session
+    slot is freed only once the worker has ended."""
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    slot: dict[str, Any] = {"frame": None}
+    flow = {"sent": 0, "acked": 0, "acking": False, "taken": time.monotonic(), "heard": time.monotonic()}
+    replies: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+    heavy = _Heavy()
+
+    def publish(msg: dict[str, Any]) -> None:  # any thread
+        if msg.get("type") == "frame":
+            slot["frame"] = msg  # the newest frame replaces one not yet sent
+        else:
+            replies.append(msg)
+        try:
+            loop.call_soon_threadsafe(wake.set)
+        except RuntimeError:  # the loop is closed: the connection is gone
+            pass
+
+    def ended(s: LiveSession) -> None:  # the worker thread, as it ends: only then is the slot free
+        with lock:
+            sessions.discard(s)
+
+    with lock:
+        session = LiveSession(entries, publish, cfg.max_fps, on_exit=ended)
+        sessions.add(session)
+
+    def taken() -> None:
+        flow["taken"] = time.monotonic()
+        if session.held:
+            session.hold(False)
+
+    async def send(msg: dict[str, Any]) -> None:
+        await asyncio.wait_for(ws.send_json(msg), SEND_TIMEOUT_S)
+
+    async def sender() -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            while replies:
+                await send(replies.popleft())
+            if flow["acking"] and flow["sent"] - flow["acked"] >= IN_FLIGHT:
+                continue  # the page is behind: keep only the newest frame until it acknowledges
+            frame, slot["frame"] = slot["frame"], None
+            if frame is not None:
+                flow["sent"] += 1
+                await send(frame)
+                if not flow["acking"]:
+                    taken()
+
+    async def receiver() -> None:
+        while True:
+            event = await ws.receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            flow["heard"] = time.monotonic()
+            text = event.get("text")
+            if text is None:
+                publish({"type": "error", "message": "send JSON text messages, not binary"})
+                continue
+            try:
+                msg = parse(text)
+                if isinstance(msg, Ack):
+                    flow["acked"] = min(flow["acked"] + 1, flow["sent"])
+                    taken()
+                    wake.set()
+                    continue
+                if isinstance(msg, Start):
+                    flow.update(acking=msg.ack, sent=0, acked=0)
+                    taken()
+                _dispatch(msg, session, entries, publish, heavy)
+            except Exception as e:  # noqa: BLE001 - one bad message is an error reply; the session lives on
+                publish({"type": "error", "message": _reason(e)})
+
+    async def watchdog() -> None:
+        while True:
+            await asyncio.sleep(min(1.0, STALL_S / 4))
+            now = time.monotonic()
+            waiting = slot["frame"] is not None
+            if waiting and now - flow["taken"] > STALL_S and not session.held:
+                session.hold(True)  # nobody is taking the frames: stop computing them
+            if waiting and now - max(flow["taken"], flow["heard"]) > IDLE_EVICT_S:
+                return
+
+    tasks = [asyncio.create_task(c()) for c in (sender, receiver, watchdog)]
+    publish({"type": "hello", "models": [e.describe() for e in entries.values()],
+             "limits": {"chains": 100, "upload_bytes": MAX_UPLOAD}})
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        session.stop(timeout=0)  # first, before any await: this task may itself be cancelled below
+        for t in tasks:
+            t.cancel()
+        if heavy.task is not None:
+            heavy.task.cancel()
+        for t in tasks:  # a send that failed or timed out ends the connection; nothing more to report
+            with contextlib.suppress(BaseException):
+                await t
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(code=1000), 1.0)
 
 
 def load_entries(models: list[str], with_data: bool = True, device: torch.device | str | None = None,
@@ -286,13 +438,18 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
     import uvicorn
 
     cfg = cfg or ServerConfig()
-    if isinstance(models, dict):
-        entries = dict(models)
-    else:
-        from ..device import resolve_device
+    sock = bind_socket(cfg.host, cfg.port)  # first: a busy port is one clear line, before any model loads
+    try:
+        if isinstance(models, dict):
+            entries = dict(models)
+        else:
+            from ..device import resolve_device
 
-        entries = load_entries(models, with_data=with_data,
-                               device=None if device is None else resolve_device(device), **options)
+            entries = load_entries(models, with_data=with_data,
+                                   device=None if device is None else resolve_device(device), **options)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(entries, cfg)
     token = f"?token={cfg.token}" if cfg.token else ""
     for name, e in entries.items():
@@ -302,8 +459,30 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
     where = ", ".join(sorted({str(e.device) for e in entries.values()}))
     print(f"ldam serve: {', '.join(entries)} (on {where}) on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)",
           flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
-                ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20))
+    server.run(sockets=[sock])
+
+
+def bind_socket(host: str, port: int) -> "socket.socket":
+    """A listening socket on ``host:port``, or an :class:`LdamError` that names the fix."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise LdamError(f"port {port} is in use; pass --port (e.g. --port {port + 1})") from None
+        if e.errno == errno.EADDRNOTAVAIL or isinstance(e, socket.gaierror):
+            raise LdamError(f"cannot listen on {host}: no such address on this machine; pass --host") from None
+        raise LdamError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
 
 
 def new_token() -> str:

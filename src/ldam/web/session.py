@@ -12,7 +12,6 @@ import base64
 import copy
 import io
 import math
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,12 +56,23 @@ PARAMETERIZATIONS = ("pixel", "spectral")
 MAX_CHAINS = 100
 TRACE_KEEP = 2000
 GIF_FRAMES = 200
+GIF_BYTES = 48 * 1024 * 1024  #: a recording's frames, PNG-encoded, at most this many bytes per session
+GIF_SIDE = 800  #: recorded frames are shrunk to at most this many pixels on their longer side
+MAX_PENDING = 16  #: control messages waiting for the worker, after coalescing
+
+
+class Busy(LdamError):
+    """A control the worker cannot take now; the client is told and nothing is queued."""
+
+
+def png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def png_b64(im: Image.Image) -> str:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(im)).decode("ascii")
 
 
 class NormalizedImages(Dataset):
@@ -233,12 +243,17 @@ class Params:
 class LiveSession:
     """A sampler for one browser tab, advanced by a worker thread."""
 
-    def __init__(self, entries: dict[str, ModelEntry], publish: Callable[[dict[str, Any]], None], max_fps: float = 60.0):
+    def __init__(self, entries: dict[str, ModelEntry], publish: Callable[[dict[str, Any]], None], max_fps: float = 60.0,
+                 on_exit: Callable[["LiveSession"], None] | None = None):
         self.entries = entries
+        self.on_exit = on_exit  # called by the worker thread as it ends (the server frees the slot then)
         self.publish = publish
         self.params = Params()
         self.min_interval = 1.0 / max_fps if max_fps > 0 else 0.0
-        self.controls: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._pending: list[tuple[str, Any]] = []  # coalesced controls, at most MAX_PENDING
+        self._pending_lock = threading.Lock()
+        self._interrupt = threading.Event()  # a control arrived: end the frame after this step
+        self.held = False  # set by the server while nobody takes the frames: the worker idles
         self.sampler: Sampler | None = None
         self.entry: ModelEntry | None = None
         self.model: torch.nn.Module | None = None
@@ -246,7 +261,9 @@ class LiveSession:
         self.target_desc: dict[str, Any] = {}
         self.paused = False
         self.seq = 0
-        self.recording: list[Image.Image] | None = None
+        self.recording: list[bytes] | None = None  # PNG-encoded frames
+        self._recorded_bytes = 0
+        self._record_capped = False
         self.acceptance: float | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -256,13 +273,36 @@ class LiveSession:
 
     # ---- called from the server (any thread) ----
     def submit(self, kind: str, payload: Any = None) -> None:
-        self.controls.put((kind, payload))
+        """Queue a control for the worker. Knob changes merge into one (the latest value of each
+        wins); a newer ``start``, ``pause``/``resume``, ``reset``, ``snapshot`` or ``record``
+        replaces a pending one of its kind. Raises :class:`Busy` when ``MAX_PENDING`` are waiting."""
+        group = {"resume": "pause"}.get(kind, kind)
+        with self._pending_lock:
+            pending = self._pending
+            if kind == "set" and pending and pending[-1][0] == "set":
+                pending[-1] = ("set", {**pending[-1][1], **payload})
+            else:
+                if kind != "set":
+                    pending[:] = [(k, p) for k, p in pending if {"resume": "pause"}.get(k, k) != group]
+                if len(pending) >= MAX_PENDING:
+                    raise Busy(f"{len(pending)} controls are waiting for the sampler; wait for a frame, then retry")
+                pending.append((kind, payload))
+        self._interrupt.set()
         self._wake.set()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Ask the worker to end (it does within one sampler step) and wait up to ``timeout`` s."""
         self._stop.set()
+        self._interrupt.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if timeout is None or timeout > 0:
+            self._thread.join(timeout)
+
+    def hold(self, on: bool) -> None:
+        """Idle the worker (``on``) while nobody takes its frames, or let it run again."""
+        self.held = on
+        if not on:
+            self._wake.set()
 
     @property
     def alive(self) -> bool:
@@ -270,34 +310,53 @@ class LiveSession:
 
     # ---- the worker ----
     def _loop(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.sampler = None  # the model copy and the chains go with the worker
+            if self.on_exit is not None:
+                self.on_exit(self)
+
+    def _run(self) -> None:
         torch.set_grad_enabled(False)
         last = 0.0
         while not self._stop.is_set():
             self._apply_controls()
-            if self.sampler is None or self.paused:
+            if self.sampler is None or self.paused or self.held:
                 self._wake.wait(0.05)
                 self._wake.clear()
                 continue
             wait = self.min_interval - (time.perf_counter() - last)
             if wait > 0:
-                time.sleep(wait)
+                self._stop.wait(wait)
             last = time.perf_counter()
             try:
-                self.sampler.run(self.params.steps_per_frame)
-                if len(self.sampler.activations) > 2 * TRACE_KEEP:
-                    self.sampler.forget_trace(TRACE_KEEP)
-                self.publish(self.frame())
+                s, done = self.sampler, 0
+                with s.attached():
+                    for _ in range(self.params.steps_per_frame):
+                        if self._stop.is_set() or self._interrupt.is_set():
+                            break  # a control or stop takes effect within one step
+                        s.run(1)
+                        done += 1
+                if self._stop.is_set():
+                    break
+                if done == 0:
+                    continue  # nothing moved: apply the control first
+                if len(s.activations) > 2 * TRACE_KEEP:
+                    s.forget_trace(TRACE_KEEP)
+                self.publish(self.frame(record=True))
             except Exception as e:  # noqa: BLE001 - the worker must outlive any one bad step
                 self.paused = True
                 reason = str(e) if isinstance(e, LdamError) else f"{type(e).__name__}: {e}"
                 self.publish({"type": "error", "message": f"{reason} (paused: change the controls, then reset or resume)"})
 
     def _apply_controls(self) -> None:
-        while True:
-            try:
-                kind, payload = self.controls.get_nowait()
-            except queue.Empty:
-                return
+        while not self._stop.is_set():
+            with self._pending_lock:
+                self._interrupt.clear()
+                if not self._pending:
+                    return
+                kind, payload = self._pending.pop(0)
             try:
                 self._control(kind, payload)
             except (LdamError, ValueError, KeyError) as e:
@@ -424,8 +483,9 @@ class LiveSession:
             return grid_array(display_array(x, display, **norm), ncol, zoom=zoom)
         return grid([to_image(xi, display, **norm) for xi in x], ncol, zoom=zoom)
 
-    def frame(self) -> dict[str, Any]:
-        """The chains (their moving averages), the per-target means and the numbers, as a message."""
+    def frame(self, record: bool = False) -> dict[str, Any]:
+        """The chains (their moving averages), the per-target means and the numbers, as a message;
+        with ``record`` (frames of the running chains, not resets or snapshots) also a GIF frame."""
         s = self.sampler
         assert s is not None and self.entry is not None
         current = s.images()
@@ -453,9 +513,11 @@ class LiveSession:
         self.seq += 1
         grid_im = self._grid(shown, chains if n_t > 1 else min(chains, 10), zoom)
         means_im = self._grid(per_target, min(n_t, 10), 1)
-        if self.recording is not None and len(self.recording) < GIF_FRAMES:
-            self.recording.append(grid_im.copy())
-        return {"type": "frame", "seq": self.seq, "t": s.t, "grid": png_b64(grid_im), "means": png_b64(means_im),
+        grid_png = png_bytes(grid_im)
+        if record and self.recording is not None:
+            self._record_frame(grid_im, grid_png)
+        return {"type": "frame", "seq": self.seq, "t": s.t, "grid": base64.b64encode(grid_png).decode("ascii"),
+                "means": png_b64(means_im),
                 "target_activation": [float(a) for a in acts.mean(1)], "stats": stats,
                 "params": self.params.as_dict(), "paused": self.paused, "time": time.time()}
 
@@ -468,17 +530,38 @@ class LiveSession:
         self.publish({"type": "snapshot", "png": frame["grid"], "means": frame["means"],
                       "config": _jsonable(config)})
 
+    def _record_frame(self, im: Image.Image, png: bytes) -> None:
+        """Keep one frame of the recording, PNG-encoded and at most ``GIF_SIDE`` pixels on a side,
+        while the recording holds fewer than ``GIF_FRAMES`` frames and ``GIF_BYTES`` bytes."""
+        assert self.recording is not None
+        if max(im.size) > GIF_SIDE:
+            im = im.copy()
+            im.thumbnail((GIF_SIDE, GIF_SIDE), Image.BILINEAR)
+            png = png_bytes(im)
+        if len(self.recording) >= GIF_FRAMES or self._recorded_bytes + len(png) > GIF_BYTES:
+            if not self._record_capped:
+                self._record_capped = True
+                self.publish({"type": "recording", "on": True, "capped": True, "frames": len(self.recording),
+                              "message": f"the recording is full ({len(self.recording)} frames, "
+                                         f"{self._recorded_bytes / 2**20:.1f} MB): stop it to get the GIF"})
+            return
+        self.recording.append(png)
+        self._recorded_bytes += len(png)
+
     def _record(self, on: bool) -> None:
         if on:
-            self.recording = []
+            self.recording, self._recorded_bytes, self._record_capped = [], 0, False
             self.publish({"type": "recording", "on": True})
             return
-        frames, self.recording = self.recording or [], None
+        frames, self.recording, self._recorded_bytes = self.recording or [], None, 0
         if not frames:
             self.publish({"type": "recording", "on": False})
             return
         buf = io.BytesIO()
-        pal = [f.convert("P", palette=Image.ADAPTIVE) if f.mode == "RGB" else f for f in frames]
+        pal = []
+        for data in frames:
+            with Image.open(io.BytesIO(data)) as f:
+                pal.append(f.convert("P", palette=Image.ADAPTIVE) if f.mode == "RGB" else f.copy())
         pal[0].save(buf, format="GIF", save_all=True, append_images=pal[1:], duration=66, loop=0)
         self.publish({"type": "gif", "data": base64.b64encode(buf.getvalue()).decode("ascii"), "frames": len(frames)})
 
