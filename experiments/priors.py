@@ -132,7 +132,8 @@ def run_part(part: str, args, rep: Report) -> None:
     if part == "imagenet":
         model, info = ldam.zoo.load("efficientnet-lite0-imagenet")
         judges = {v: ldam.zoo.load(f"efficientnet-{v}-imagenet") for v in ("lite1", "lite2")}
-        classes = IMAGENET_CLASSES[:2] if quick else IMAGENET_CLASSES
+        chosen = [int(c) for c in args.classes.split(",")] if args.classes else IMAGENET_CLASSES
+        classes = chosen[:2] if quick else chosen
         size = 64 if quick else args.size
         shape = (3, size, size)
         names = info.class_names
@@ -157,8 +158,14 @@ def run_part(part: str, args, rep: Report) -> None:
         if args.generator != "auto" or GENERATORS[part] in generators.names():
             generator = generators.for_model(spec, info).to(args.device)
     rows = configs(part, info, generator)
+    if args.rows:
+        wanted = [w.strip() for w in args.rows.split(";")]
+        rows = {n: kw for n, kw in rows.items() if n in wanted}
+        if not rows:
+            raise SystemExit(f"--rows matched none of: {', '.join(configs(part, info, generator))}")
     targets = [f"output:{c}" for c in classes]
-    cache = root / (f"{part}-{chains}x{steps}" + (f"-{shape[-1]}px" if part == "imagenet" else ""))
+    cache = root / (f"{part}-{chains}x{steps}" + (f"-{shape[-1]}px" if part == "imagenet" else "")
+                    + (f"-classes-{'-'.join(map(str, classes))}" if part == "imagenet" and args.classes else ""))
     cache.mkdir(parents=True, exist_ok=True)
     results, pictures = {}, {}
     factors = {name: kw.pop("steps_factor", 1) for name, kw in rows.items()}
@@ -270,7 +277,7 @@ def write_report(part, rep, rows, results, pictures, cost, info, names, classes,
         first = pictures[name].reshape(len(classes), chains, *shape)[:, 0]
         grid_rows.append(labeled(batch_grid(first, len(classes), display="pixel", zoom=1, mean=info.mean,
                                             std=info.std), name))
-    rep.image(stack(grid_rows), f"priors_{part}.png",
+    rep.image(stack(grid_rows), f"{rep.path.stem}_{part}.png",
               "Each row a prior and method, each column a class (the first chain's mean, or its final state "
               "for ascent), in pixels.")
     div_rows = []
@@ -278,9 +285,9 @@ def write_report(part, rep, rows, results, pictures, cost, info, names, classes,
         ims = pictures[name].reshape(len(classes), chains, *shape)[:2].reshape(-1, *shape)
         div_rows.append(labeled(batch_grid(ims, 2 * chains, display="pixel", zoom=1, mean=info.mean, std=info.std),
                                 name))
-    rep.image(stack(div_rows), f"priors_{part}_chains.png",
+    rep.image(stack(div_rows), f"{rep.path.stem}_{part}_chains.png",
               f"Every chain of the first two classes ({names[classes[0]]}, {names[classes[1]]}): diversity.")
-    (rep.path.parent / f"priors_{part}.json").write_text(json.dumps({"results": results, "cost": cost}, indent=1) + "\n")
+    (rep.path.parent / f"{rep.path.stem}_{part}.json").write_text(json.dumps({"results": results, "cost": cost}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -296,9 +303,13 @@ def main() -> None:
     p.add_argument("--generator", default="auto",
                    help="the generator prior's rows on CIFAR-10 and MNIST: zoo:vae-cifar10 / zoo:vae-mnist when "
                    "installed (auto), another generator.pt, or none (default: %(default)s)")
+    p.add_argument("--classes", default=None,
+                   help="ImageNet: comma-separated class ids instead of the fixed eight (a held-out check)")
+    p.add_argument("--rows", default=None, help="semicolon-separated row names to run (default: every row)")
+    p.add_argument("--report", default="priors", help="the report's file stem in --out (default: %(default)s)")
     args = p.parse_args()
     setup(args)
-    rep = Report(args.out / "priors.md", "Natural-image priors in the Langevin energy, measured", args.quick)
+    rep = Report(args.out / f"{args.report}.md", "Natural-image priors in the Langevin energy, measured", args.quick)
     rep.text("Produced by `experiments/priors.py` (issue 12). What each prior buys and costs is discussed "
              "in [docs/priors.md](../priors.md).")
     for part in (["imagenet", "cifar10", "mnist"] if args.part == "all" else [args.part]):

@@ -149,7 +149,8 @@ def test_pause_stops_frames(page, server):
 def test_snapshot_downloads_a_valid_png(page, server, tmp_path):
     page.goto(server.url + "/")
     wait_frames(page, 3)
-    with page.expect_download() as dl:
+    # A snapshot downloads a PNG and a JSON config in either order: wait for the PNG by its name.
+    with page.expect_download(lambda d: d.suggested_filename.endswith(".png")) as dl:
         page.click("#snapshot")
     path = tmp_path / dl.value.suggested_filename
     dl.value.save_as(path)

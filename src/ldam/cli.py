@@ -1,4 +1,4 @@
-"""The ``ldam`` command line: ``serve``, ``sample``, ``layers``, ``demo``, ``zoo``, ``train`` and ``eval``.
+"""The ``ldam`` command line: ``serve``, ``sample``, ``layers``, ``demo``, ``zoo``, ``train``, ``eval`` and ``data fetch``.
 
 Every error that ldam can explain is printed as one line (``ldam: error: ...``) with exit code 2.
 """
@@ -524,8 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import add_subcommands
     from .train_generator import add_subcommands as add_generator_subcommands
 
+    from .data.fetch import add_subcommand as add_data_subcommand
+
     add_subcommands(sub)
     add_generator_subcommands(sub)
+    add_data_subcommand(sub)
     return p
 
 

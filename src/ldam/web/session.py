@@ -51,6 +51,8 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "ema_tau": (1.0, 500.0, True),
     "steps_per_frame": (1, 100, False),
 }
+#: Knobs after whose change a Metropolis method adapts its step again (they change the density or ε).
+ADAPT_AGAIN = ("temperature", "step_size", "l2", "disc_weight")
 METHODS = ("sgld", "mala", "pmala", "hmc", "psgld", "paper", "ascent")
 PARAMETERIZATIONS = ("pixel", "spectral")
 MAX_CHAINS = 100
@@ -104,6 +106,10 @@ class ModelEntry:
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # the shared model's hooks
     _top_cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     _load_train: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    #: where the images come from: "full" (the dataset's files), "bundled" (the subset shipped with
+    #: ldam), "missing" (looked for, none found); None when not looked for (``with_data=False``)
+    data_source: str | None = None
+    _copies: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
     def from_model(cls, name: str, model: torch.nn.Module, input_shape: tuple[int, ...], *,
@@ -142,8 +148,9 @@ class ModelEntry:
         return entry
 
     def _load_data(self) -> None:
-        """Local copies only (``$LDAM_DATA_DIR`` or the cache): the server never downloads."""
-        from ..data import load_cifar10, load_mnist
+        """Local copies only (``$LDAM_DATA_DIR`` or the cache), else the subset shipped with ldam
+        (:mod:`ldam.data.bundled`): the server never downloads."""
+        from ..data import load_bundled, load_cifar10, load_mnist
 
         loaders = {"mnist": (load_mnist, (1, 28, 28)), "cifar10": (load_cifar10, (3, 32, 32))}
         if self.info.dataset not in loaders:
@@ -153,12 +160,19 @@ class ModelEntry:
             return
         try:
             test_x, test_y = load("test", download_missing=False)
+            self.data_source = "full"
+            # The training split (the critic's real images) is read when a discriminator first needs it.
+            self._load_train = lambda: load("train", download_missing=False)[0]
         except (LdamError, OSError):
-            return  # no local data: the discriminator and dataset inputs are disabled
+            try:
+                test_x, test_y = load_bundled(self.info.dataset)
+            except (LdamError, OSError):
+                self.data_source = "missing"  # the discriminator and dataset inputs are disabled
+                return
+            self.data_source = "bundled"
+            self._load_train = lambda: test_x  # the critic's real images: the whole bundled subset
         self.test_images = (test_x if test_x.dim() == 4 else test_x.unsqueeze(1))[:1000]
         self.test_labels = test_y[:1000]
-        # The training split (the critic's real images) is read when a discriminator first needs it.
-        self._load_train = lambda: load("train", download_missing=False)[0]
 
     @property
     def device(self) -> torch.device:
@@ -174,20 +188,94 @@ class ModelEntry:
         with self._lock:
             if self.train_images is None:
                 if self._load_train is None:
-                    raise LdamError(f"no real images for {self.name}'s discriminator: start the server where the "
-                                    "model's dataset is available (LDAM_DATA_DIR)")
+                    raise LdamError(f"no real images for {self.name}'s discriminator: {self.data_note()}")
                 x = self._load_train()
                 self.train_images = x if x.dim() == 4 else x.unsqueeze(1)
         return NormalizedImages(self.train_images, self.info.mean, self.info.std)
 
+    def data_note(self) -> str | None:
+        """What the server lacks of the model's dataset and the command that brings it (``None``
+        when the full dataset is here)."""
+        from ..data.bundled import DESCRIPTIONS
+
+        ds = self.info.dataset
+        if self.data_source == "full":
+            return None
+        if ds in DESCRIPTIONS:
+            fetch = f"ldam data fetch {ds}"
+            if self.data_source == "bundled":
+                return (f"Using the subset shipped with ldam ({DESCRIPTIONS[ds]}) for the dataset examples and the "
+                        f"discriminator's real images. For the full {ds} set run: {fetch}")
+            if self.data_source == "missing":
+                return (f"No {ds} images on this server, so the discriminator and dataset examples are off. "
+                        f"Run: {fetch}, then restart ldam serve")
+            if tuple(self.info.input_shape) == ((1, 28, 28) if ds == "mnist" else (3, 32, 32)):
+                return ("This server was started without data (--no-data), so the discriminator and dataset "
+                        "examples are off. Restart it without --no-data")
+        if ds == "imagenet":
+            return ("ImageNet images are not shipped: the discriminator (it needs real images) and dataset "
+                    "examples are off; use the sample photos or upload an image")
+        return "No dataset for this model, so the discriminator and dataset examples are off"
+
+    def _find_copies(self) -> dict[str, str]:
+        """Layers whose output repeats the model's input (padding, identity, dropout at eval) as
+        ``"input"``, or its output (the logits' own layer) as ``"output"``, found on one random input."""
+        shape = tuple(self.info.input_shape)
+        n_in = math.prod(shape)
+        out_li = self.layers.get("output")
+        cands = [li for n, li in self.layers.items() if li.addressable and n != "output" and (
+            (len(li.shape) == len(shape) and li.shape[:1] == shape[:1] and math.prod(li.shape) >= n_in)
+            or (out_li is not None and li.shape == out_li.shape))]
+        if not cands or out_li is None:
+            return {}
+        x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
+        try:
+            with self._lock, model_guard(self.model):
+                outs = capture(self.model, cands + [out_li], x.to(device=self.device, dtype=out_li.dtype))
+        except Exception:  # noqa: BLE001 - a model that fails here only loses the hint
+            return {}
+        ref_in = torch.sort(x.flatten().double()).values
+        ref_out = outs["output"].flatten().double().cpu()
+        found = {}
+        for li in cands:
+            v = outs[li.name].flatten().double().cpu()
+            nonzero = torch.sort(v[v != 0]).values
+            if nonzero.shape == ref_in.shape and torch.allclose(nonzero, ref_in, rtol=1e-3, atol=1e-5):
+                found[li.name] = "input"
+            elif v.shape == ref_out.shape and torch.allclose(v, ref_out, rtol=1e-4, atol=1e-5):
+                found[li.name] = "output"
+        return found
+
+    def copies(self) -> dict[str, str]:
+        """:meth:`_find_copies`, computed once."""
+        with self._lock:
+            if self._copies is None:
+                self._copies = self._find_copies()
+            return self._copies
+
+    def maps_layer(self) -> str:
+        """The activations page's first layer: the first spatial feature layer (not a copy of the input)."""
+        copies = self.copies()
+        names = [n for n, li in self.layers.items() if li.addressable and copies.get(n) != "input"]
+        spatial = [n for n in names if len(self.layers[n].spatial) == 2]
+        return (spatial or names or list(self.layers))[0]
+
     def describe(self) -> dict[str, Any]:
+        """What a page needs to know of this model (sent in the ``hello`` message)."""
         names = self.info.class_names
+        copies = self.copies()
+        ds = self.info.dataset
         return {
             "name": self.name,
             "input_shape": list(self.info.input_shape),
-            "layers": [{"name": n, "kind": li.kind, "shape": list(li.shape), "units": li.units}
+            "layers": [{"name": n, "kind": li.kind, "shape": list(li.shape), "units": li.units,
+                        "copies": copies.get(n)}
                        for n, li in self.layers.items() if li.addressable],
-            "classes": names if names is None or len(names) <= 20 else None,
+            "classes": names,
+            "maps_layer": self.maps_layer(),
+            "data": {"source": self.data_source, "note": self.data_note(),
+                     "command": f"ldam data fetch {ds}" if ds in ("mnist", "cifar10") and self.data_source != "full"
+                     and self.data_source is not None else None},
             "all_outputs": self.layers.get("output") is not None and self.layers["output"].units <= 20,
             "discriminator": self.has_data,
             "dataset_examples": 0 if self.test_images is None else len(self.test_images),
@@ -461,8 +549,8 @@ class LiveSession:
             setattr(self.params, key, value)
             if s is None:
                 continue
-            if key in ("temperature", "step_size") and isinstance(s.method, Metropolis):
-                s.method.restart_adaptation()  # the learned step no longer fits: adapt again
+            if key in ADAPT_AGAIN and isinstance(s.method, Metropolis):
+                s.method.restart_adaptation()  # the density or the step changed: the learned step no longer fits
             if key == "temperature":
                 s.temperature = value
             elif key == "step_size":
@@ -473,6 +561,26 @@ class LiveSession:
                 self.disc.weight = value
             elif key == "ema_tau":
                 s.ema_tau = value
+
+    def _method_stats(self) -> dict[str, Any]:
+        """The method's numbers for a frame: ``stable_step``, the largest step size at which it is
+        stable for the L2 weight and temperature (``None``: no bound); for a Metropolis method also
+        ``acceptance`` over its last ``window`` proposals, whether it is ``adapting`` its step, and
+        the ``adapted_step`` (mean, min and max over the chains of ε times the learned scale)."""
+        s = self.sampler
+        assert s is not None
+        l2 = self.params.l2
+        stats: dict[str, Any] = {"stable_step": s.method.stable_step(l2, self.params.temperature) if l2 > 0 else None}
+        if isinstance(s.method, Metropolis):
+            recent = s.method.recent_acceptance
+            self.acceptance = None if recent is None else float(recent.mean())
+            stats["acceptance"] = self.acceptance
+            stats["adapting"] = s.method.adapting
+            scale = s.method.step_scale()
+            if scale is not None:
+                lo, mean, hi = (float(v) for v in torch.stack([scale.min(), scale.mean(), scale.max()]).cpu())
+                stats["adapted_step"] = [s.step_size * mean, s.step_size * lo, s.step_size * hi]
+        return stats
 
     def _grid(self, x: torch.Tensor, ncol: int, zoom: int) -> Image.Image:
         assert self.entry is not None
@@ -504,10 +612,7 @@ class LiveSession:
         per_target = shown.view(n_t, chains, *shown.shape[1:]).mean(1)
         acts, jitter = numbers[:-1].view(n_t, chains), float(numbers[-1])
         stats: dict[str, Any] = {"activation": float(acts.mean()), "jitter": jitter}
-        if isinstance(s.method, Metropolis):
-            recent = s.method.recent_acceptance  # over the last `window` proposals, all chains
-            self.acceptance = None if recent is None else float(recent.mean())
-            stats["acceptance"] = self.acceptance
+        stats.update(self._method_stats())
         if self.disc is not None:
             stats.update({k: v for k, v in self.disc.stats().items() if k in ("d_real", "d_fake")})
         self.seq += 1

@@ -6,14 +6,22 @@ window.ldam = state;
 const sock = openSocket(onMessage, (s) => { $("status").textContent = s; });
 function currentModel() { return state.models.find((m) => m.name === $("model").value); }
 
-function fillLayers() {
+// A new model starts on its first feature layer (not a padding or identity copy of the input) and
+// on an input it has: a dataset example, else a sample photo, else an upload.
+function fillLayers(first) {
   const m = currentModel();
-  const spatial = m.layers.filter((l) => l.shape.length === 3);
-  fillSelect($("layer"), m.layers.map((l) => [l.name, `${l.name}  [${l.shape.join("×")}]`]), params.get("layer") || (spatial[0] || m.layers[0]).name);
+  const layer = first && params.get("layer") ? params.get("layer") : (m.maps_layer || m.layers[0].name);
+  fillSelect($("layer"), m.layers.map((l) => [l.name, `${l.name}  [${l.shape.join("×")}]`]), layer);
   $("source").querySelector("option[value=dataset]").disabled = !m.dataset_examples;
   $("source").querySelector("option[value=photo]").disabled = !m.photos;
-  if (!m.dataset_examples && $("source").value === "dataset") $("source").value = m.photos ? "photo" : "upload";
+  $("source").value = m.dataset_examples ? "dataset" : (m.photos ? "photo" : "upload");
   $("index").max = Math.max(0, m.dataset_examples - 1);
+  if (Number($("index").value) > m.dataset_examples - 1) $("index").value = 0;
+  state.upload = null; $("file").value = "";
+  for (const id of ["maps", "top9"]) $(id).hidden = true;
+  $("top9-box").hidden = true; $("open-unit").hidden = true; $("unit-info").textContent = "";
+  $("preds").textContent = ""; state.maps = null;
+  showDataNote($("data-note"), m);
   showSource();
 }
 function showSource() {
@@ -31,14 +39,15 @@ function onMessage(msg) {
   if (msg.type === "hello") {
     state.models = msg.models;
     fillSelect($("model"), msg.models.map((m) => [m.name, m.name]), params.get("model"));
-    fillLayers(); request();
+    fillLayers(true); request();
   } else if (msg.type === "activations") {
     state.maps = msg; state.received += 1; showError("");
     $("maps").src = "data:image/png;base64," + msg.png;
-    $("maps-caption").textContent = `${msg.layer}: ${msg.units} of ${msg.total_units} units. Click a unit to see its top-9 images and open it in the sampler.`;
+    const top9 = currentModel().dataset_examples ? "see its top-9 dataset images and " : "";
+    $("maps-caption").textContent = `${msg.layer}: ${msg.units} of ${msg.total_units} units. Click a unit to ${top9}open it in the sampler.`;
     $("preds").innerHTML = "model's top-5: " + msg.predictions.map((p) => `<b>${p.name}</b> ${p.logit.toFixed(2)}`).join(", ");
   } else if (msg.type === "top9") {
-    $("top9").src = "data:image/png;base64," + msg.png;
+    $("top9").src = "data:image/png;base64," + msg.png; $("top9-box").hidden = false;
     $("top9-caption").textContent = `Top-9 test images of ${msg.layer}:${msg.unit}`;
   } else if (msg.type === "error") {
     showError(msg.message);
@@ -47,7 +56,11 @@ function onMessage(msg) {
 function selectUnit(unit) {
   const m = state.maps; if (!m || unit < 0 || unit >= m.units) return;
   state.selected = unit;
-  $("unit-info").innerHTML = `unit <b>${unit}</b>, mean activation <b>${m.means[unit].toFixed(3)}</b>`;
+  const model = currentModel(), layer = model.layers.find((l) => l.name === m.layer);
+  const named = model.classes && layer && model.classes.length === layer.units && (layer.name === "output" || layer.copies === "output");
+  $("unit-info").innerHTML = "";
+  const b = (t) => { const e = document.createElement("b"); e.textContent = t; return e; };
+  $("unit-info").append("unit ", b(named ? `${unit}: ${model.classes[unit]}` : String(unit)), ", mean activation ", b(m.means[unit].toFixed(3)));
   const link = $("open-unit");
   link.href = withToken(`./?model=${encodeURIComponent($("model").value)}&layer=${encodeURIComponent(m.layer)}&unit=${unit}`);
   link.hidden = false;
@@ -60,7 +73,7 @@ $("maps").addEventListener("click", (ev) => {
   const col = Math.floor(x / (m.tile[0] + m.pad)), row = Math.floor(y / (m.tile[1] + m.pad));
   if (col >= 0 && col < m.cols && row >= 0) selectUnit(row * m.cols + col);
 });
-$("model").onchange = () => { fillLayers(); request(); };
+$("model").onchange = () => { fillLayers(false); request(); };
 $("layer").onchange = request;
 $("source").onchange = () => { showSource(); request(); };
 $("index").onchange = request;
@@ -74,7 +87,4 @@ $("file").onchange = () => {
 };
 $("to-sampler").href = withToken("./");
 // Maps and images come at 1:1; show them enlarged, without smoothing.
-for (const [id, room] of [["maps", 640], ["top9", 260]]) {
-  const img = $(id);
-  img.onload = () => { const k = Math.max(1, Math.floor(room / img.naturalWidth)); img.style.width = `${img.naturalWidth * k}px`; };
-}
+enlarge($("maps"), 640, 640); enlarge($("top9"), 260, 260);

@@ -18,3 +18,22 @@ function fillSelect(sel, items, value) {
   if (value !== undefined && items.some(([v]) => String(v) === String(value))) sel.value = String(value);
 }
 function download(name, href) { const a = document.createElement("a"); a.href = href; a.download = name; document.body.appendChild(a); a.click(); a.remove(); }
+// Pictures stay hidden until one has loaded (never a broken-image icon), and are enlarged by a
+// whole factor that fits in roomW x roomH pixels, without smoothing.
+function enlarge(img, roomW, roomH) {
+  img.onload = () => {
+    const k = Math.max(1, Math.floor(Math.min(roomW / img.naturalWidth, roomH / img.naturalHeight)));
+    img.style.width = `${img.naturalWidth * k}px`; img.hidden = false;
+  };
+  img.onerror = () => { img.hidden = true; };
+}
+// What a model lacks of its dataset, and the command that brings it, said on the page.
+function showDataNote(el, m) {
+  const d = m.data || {};
+  el.hidden = !d.note; el.textContent = "";
+  if (!d.note) return;
+  const at = d.command ? d.note.indexOf(d.command) : -1;
+  if (at < 0) { el.textContent = d.note; return; }
+  const code = document.createElement("code"); code.textContent = d.command;
+  el.append(d.note.slice(0, at), code, d.note.slice(at + d.command.length));
+}

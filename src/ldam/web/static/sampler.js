@@ -9,7 +9,7 @@ const SLIDERS = {
   steps_per_frame: { lo: 1, hi: 100, log: true, int: true, init: 1 },
 };
 const $ = (id) => document.getElementById(id);
-const state = { models: [], paused: false, recording: false, frames: 0, last: null, trace: [], started: null };
+const state = { models: [], paused: false, recording: false, frames: 0, last: null, trace: [], started: null, diverged: null };
 window.ldam = state;  // for the tests and the curious
 
 function toValue(spec, s) {
@@ -33,15 +33,28 @@ function fillLayers(layer) {
   fillUnits();
   $("disc_weight").disabled = !m.discriminator;
   $("disc_weight").title = m.discriminator ? "" : "no real images for this model on the server";
+  showDataNote($("data-note"), m);
 }
+// Class names label the units of the output layer and of the layer that computes it.
+function unitNames(m, l) { return m.classes && m.classes.length === l.units && (l.name === "output" || l.copies === "output") ? m.classes : null; }
 function fillUnits(unit) {
   const m = currentModel();
   const l = m.layers.find((x) => x.name === $("layer").value);
+  const search = $("unit-search"), names = unitNames(m, l);
+  search.hidden = l.units <= 20;
+  if (search.hidden) search.value = "";
+  const q = search.value.trim().toLowerCase();
   const items = [];
   if (l.units <= 20) items.push(["all", `all ${l.units} units (one group each)`]);
-  const names = l.name === "output" && m.classes ? m.classes : null;
-  for (let i = 0; i < Math.min(l.units, 2048); i++) items.push([String(i), names ? `${i}: ${names[i]}` : String(i)]);
-  fillSelect($("unit"), items, unit !== undefined ? unit : (l.units <= 20 ? "all" : "0"));
+  for (let i = 0; i < Math.min(l.units, 2048); i++) {
+    const label = names ? `${i}: ${names[i]}` : String(i);
+    if (!q || label.toLowerCase().includes(q)) items.push([String(i), label]);
+  }
+  const keep = unit !== undefined ? unit : (state.started && state.started.layer === l.name ? String(state.started.unit) : (l.units <= 20 ? "all" : "0"));
+  fillSelect($("unit"), items, keep);
+  $("unit").size = q ? Math.min(8, Math.max(2, items.length)) : 0;  // while filtering, a list to click in
+  $("unit").disabled = items.length === 0;
+  $("unit-search").title = q ? `${items.length} of ${l.units} units match` : "";
 }
 function start() {
   const unit = $("unit").value === "all" ? "all" : Number($("unit").value);
@@ -71,7 +84,7 @@ function onMessage(msg) {
     applyDefaults();
     start();
   } else if (msg.type === "started") {
-    state.started = msg; showError("");
+    state.started = msg; state.diverged = null; showError("");
     for (const id of ["pause", "reset", "snapshot", "record"]) $(id).disabled = false;
     const m = currentModel();
     $("top9-box").hidden = true;
@@ -84,7 +97,7 @@ function onMessage(msg) {
     $("grid").src = "data:image/png;base64," + msg.grid;
     $("means").src = "data:image/png;base64," + msg.means;
     state.trace.push(msg.stats.activation); if (state.trace.length > 600) state.trace.shift();
-    drawTrace(); showNumbers(msg);
+    drawTrace(); showNumbers(msg); showStability();
     sock.send({ type: "ack", seq: msg.seq });  // ready for the next (newest) frame
   } else if (msg.type === "paused") {
     state.paused = msg.paused; $("pause").textContent = msg.paused ? "Resume" : "Pause";
@@ -99,6 +112,7 @@ function onMessage(msg) {
     download("ldam-chains.gif", "data:image/gif;base64," + msg.data);
   } else if (msg.type === "error") {
     showError(msg.message);
+    if (/diverged|NaN or Inf/.test(msg.message)) { state.diverged = msg.message; showStability(); }
   }
 }
 function showNumbers(f) {
@@ -106,8 +120,45 @@ function showNumbers(f) {
   const parts = [`step <b>${f.t}</b>`, `mean activation <b>${s.activation.toFixed(3)}</b>`, `jitter <b>${s.jitter.toFixed(3)}</b>`,
     `T <b>${fmt(p.temperature)}</b>`, `ε <b>${fmt(p.step_size)}</b>`];
   if (s.acceptance !== undefined && s.acceptance !== null) parts.push(`acceptance <b id="acceptance">${s.acceptance.toFixed(3)}</b>`);
+  if (s.adapted_step) parts.push(`${s.adapting ? '<span class="badge" id="adapting">adapting ε</span>' : "adapted"} ε <b id="adapted-step">${fmt(s.adapted_step[0])}</b>`);
   if (s.d_real !== undefined) parts.push(`D(real) <b>${s.d_real.toFixed(2)}</b> D(fake) <b>${s.d_fake.toFixed(2)}</b>`);
   $("numbers").innerHTML = parts.join(" · ");
+}
+// Where each method's bound comes from (ldam.samplers: stable_step), for the note under the step slider.
+const BOUNDS = { sgld: "4T/λ", psgld: "4T/(λ·max G)", paper: "(1+μ)/(λ(1−μ))" };
+const METHOD_NAMES = { sgld: "SGLD", psgld: "pSGLD", paper: "the paper's update", mala: "MALA", pmala: "pMALA", hmc: "HMC", ascent: "gradient ascent" };
+function showStability() {
+  const el = $("stability"), f = state.last;
+  el.className = "note";
+  if (state.diverged) {
+    el.className = "note bad";
+    el.textContent = `Diverged, so the chains are paused: ${state.diverged.replace(/ \(paused:.*$/, "")}. Lower the step size, then Reset chains.`;
+    return;
+  }
+  if (!f) { el.textContent = ""; return; }
+  const s = f.stats, p = f.params, name = METHOD_NAMES[p.method] || p.method;
+  const eps = toValue(SLIDERS.step_size, Number($("step_size").value));
+  if (s.adapted_step) {
+    el.textContent = s.adapting
+      ? `${name} is adapting its step towards 0.574 acceptance (now ε·scale ≈ ${fmt(s.adapted_step[0])}); it adapts again after a knob changes.`
+      : `${name} adapted its step: ε·scale ≈ ${fmt(s.adapted_step[0])} (chains ${fmt(s.adapted_step[1])} … ${fmt(s.adapted_step[2])}).`;
+    return;
+  }
+  if (s.stable_step === null || s.stable_step === undefined) {
+    el.textContent = p.method === "ascent" ? "" : `${name}: no stability bound at L2 weight 0.`;
+    return;
+  }
+  const b = s.stable_step, why = `${BOUNDS[p.method] || "its bound"} = ${fmt(b)} at T ${fmt(p.temperature)}, λ ${fmt(p.l2)}`;
+  if (eps >= b) {
+    el.className = "note bad";
+    el.innerHTML = "";
+    const strong = document.createElement("b"); strong.id = "unstable"; strong.textContent = "Unstable: ";
+    el.append(strong, `step ${fmt(eps)} ≥ ${name}'s bound ${why}. The chains overshoot and fill the pixel range. ` +
+      `Lower the step below ${fmt(b)}, raise the temperature, lower the L2 weight, or use MALA.`);
+  } else {
+    el.className = eps > 0.5 * b ? "note warn" : "note";
+    el.textContent = `${name} is stable for step < ${why}.`;
+  }
 }
 function drawTrace() {
   const c = $("trace"), g = c.getContext("2d"), d = state.trace;
@@ -121,19 +172,22 @@ function drawTrace() {
 }
 
 $("model").onchange = () => { fillLayers(); applyDefaults(); start(); };
-$("layer").onchange = () => { fillUnits(); start(); };
+$("layer").onchange = () => { $("unit-search").value = ""; fillUnits(); start(); };
 $("unit").onchange = start;
+$("unit-search").addEventListener("input", () => fillUnits());
+$("unit-search").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !$("unit").disabled) { ev.preventDefault(); start(); }
+});
 $("start").onclick = start;
 $("method").onchange = () => sendSet("method", $("method").value);
 $("display").onchange = () => sendSet("display", $("display").value);
 for (const [k, spec] of Object.entries(SLIDERS)) {
-  $(k).addEventListener("input", () => { const v = toValue(spec, Number($(k).value)); $(`${k}-value`).textContent = fmt(v); sendSet(k, v); });
+  $(k).addEventListener("input", () => { const v = toValue(spec, Number($(k).value)); $(`${k}-value`).textContent = fmt(v); sendSet(k, v); showStability(); });
 }
-$("pause").onclick = () => sock.send({ type: state.paused ? "resume" : "pause" });
-$("reset").onclick = () => { state.trace = []; sock.send({ type: "reset" }); };
+$("pause").onclick = () => { state.diverged = null; sock.send({ type: state.paused ? "resume" : "pause" }); };
+$("reset").onclick = () => { state.trace = []; state.diverged = null; sock.send({ type: "reset" }); };
 $("snapshot").onclick = () => sock.send({ type: "snapshot" });
 $("record").onclick = () => sock.send({ type: "record", on: !state.recording });
 $("to-activations").href = withToken("activations");
-// Frames come at 1 pixel per input pixel; show them enlarged, without smoothing.
-function enlarge(img, room) { img.onload = () => { const k = Math.max(1, Math.floor(room / img.naturalWidth)); img.style.width = `${img.naturalWidth * k}px`; }; }
-enlarge($("grid"), 600); enlarge($("means"), 900);
+// Frames come at 1 pixel per input pixel; show them enlarged, without smoothing, within their room.
+enlarge($("grid"), 600, 600); enlarge($("means"), 600, 300); enlarge($("top9"), 300, 300);
