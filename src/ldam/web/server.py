@@ -453,9 +453,8 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
     app = create_app(entries, cfg)
     token = f"?token={cfg.token}" if cfg.token else ""
     for name, e in entries.items():
-        if with_data and e.info.dataset in ("mnist", "cifar10") and not e.has_data:
-            print(f"ldam serve: no local {e.info.dataset} data for {name}: the discriminator and dataset inputs are off "
-                  "(set LDAM_DATA_DIR to a folder holding it)", flush=True)
+        if with_data and e.data_source in ("bundled", "missing"):
+            print(f"ldam serve: {name}: {e.data_note()}", flush=True)
     where = ", ".join(sorted({str(e.device) for e in entries.values()}))
     print(f"ldam serve: {', '.join(entries)} (on {where}) on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)",
           flush=True)

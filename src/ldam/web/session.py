@@ -466,6 +466,8 @@ class LiveSession:
         elif kind == "reset":
             if self.sampler is not None:
                 self.sampler.reset()
+                if isinstance(self.sampler.method, Metropolis):
+                    self.sampler.method.restart_adaptation()  # fresh chains: adapt the step again
                 self.sampler.ema = self.sampler.images().clone()
                 self.publish(self.frame())
         elif kind == "snapshot":
