@@ -490,3 +490,25 @@ def test_a_token_server_works_in_a_real_browser(entries):
             assert not failed, failed
         finally:
             b.close()
+
+
+def test_a_corrupt_copy_is_named_not_reported_as_missing(monkeypatch):
+    """A checksum mismatch in the full data, or in the bundled subset, is said with its reason."""
+    import ldam.data
+    from ldam.errors import DataError
+
+    def corrupt_full(split, download_missing=False):
+        raise DataError("mnist/t10k-images-idx3-ubyte.gz: SHA-256 0123 does not match the expected 4567")
+
+    def corrupt_bundled(name):
+        raise DataError("mnist-test.npy.gz is corrupt: SHA-256 89ab does not match the expected cdef")
+
+    monkeypatch.setattr(ldam.data, "load_mnist", corrupt_full)
+    entry = ModelEntry.load(MODEL)
+    assert entry.data_source == "bundled"
+    assert "does not match the expected 4567" in entry.data_note()
+    monkeypatch.setattr(ldam.data, "load_bundled", corrupt_bundled)
+    entry = ModelEntry.load(MODEL)
+    assert entry.data_source == "missing" and not entry.has_data
+    note = entry.data_note()
+    assert "No mnist images" in note and "4567" in note and "mnist-test.npy.gz is corrupt" in note

@@ -109,6 +109,7 @@ class ModelEntry:
     #: where the images come from: "full" (the dataset's files), "bundled" (the subset shipped with
     #: ldam), "missing" (looked for, none found); None when not looked for (``with_data=False``)
     data_source: str | None = None
+    data_problems: list[str] = field(default_factory=list)  # why a copy that exists could not be used
     _copies: dict[str, str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -163,10 +164,13 @@ class ModelEntry:
             self.data_source = "full"
             # The training split (the critic's real images) is read when a discriminator first needs it.
             self._load_train = lambda: load("train", download_missing=False)[0]
-        except (LdamError, OSError):
+        except (LdamError, OSError) as e:
+            if "not found" not in str(e):  # present but unreadable (a checksum mismatch, a bad file): say so
+                self.data_problems.append(str(e))
             try:
                 test_x, test_y = load_bundled(self.info.dataset)
-            except (LdamError, OSError):
+            except (LdamError, OSError) as e2:
+                self.data_problems.append(str(e2))
                 self.data_source = "missing"  # the discriminator and dataset inputs are disabled
                 return
             self.data_source = "bundled"
@@ -195,7 +199,13 @@ class ModelEntry:
 
     def data_note(self) -> str | None:
         """What the server lacks of the model's dataset and the command that brings it (``None``
-        when the full dataset is here)."""
+        when the full dataset is here), with the reason when a copy exists but could not be used."""
+        note = self._data_note()
+        if note is not None and self.data_problems:
+            note += " (" + "; ".join(self.data_problems) + ")"
+        return note
+
+    def _data_note(self) -> str | None:
         from ..data.bundled import DESCRIPTIONS
 
         ds = self.info.dataset
@@ -578,6 +588,7 @@ class LiveSession:
             self.acceptance = None if recent is None else float(recent.mean())
             stats["acceptance"] = self.acceptance
             stats["adapting"] = s.method.adapting
+            stats["target_accept"] = s.method.target_accept
             scale = s.method.step_scale()
             if scale is not None:
                 lo, mean, hi = (float(v) for v in torch.stack([scale.min(), scale.mean(), scale.max()]).cpu())

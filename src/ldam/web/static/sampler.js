@@ -107,6 +107,7 @@ function onMessage(msg) {
     download("ldam-config.json", URL.createObjectURL(blob));
   } else if (msg.type === "recording") {
     state.recording = msg.on; $("record").textContent = msg.on ? "Stop recording" : "Record GIF";
+    if (msg.capped) showError(msg.message);  // the recording is full: say so where people look
   } else if (msg.type === "gif") {
     state.recording = false; $("record").textContent = "Record GIF";
     download("ldam-chains.gif", "data:image/gif;base64," + msg.data);
@@ -140,7 +141,7 @@ function showStability() {
   const eps = toValue(SLIDERS.step_size, Number($("step_size").value));
   if (s.adapted_step) {
     el.textContent = s.adapting
-      ? `${name} is adapting its step towards 0.574 acceptance (now ε·scale ≈ ${fmt(s.adapted_step[0])}); it adapts again after a knob changes.`
+      ? `${name} is adapting its step towards ${s.target_accept ?? 0.574} acceptance (now ε·scale ≈ ${fmt(s.adapted_step[0])}); it adapts again after a knob changes.`
       : `${name} adapted its step: ε·scale ≈ ${fmt(s.adapted_step[0])} (chains ${fmt(s.adapted_step[1])} … ${fmt(s.adapted_step[2])}).`;
     return;
   }
