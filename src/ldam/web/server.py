@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..errors import LdamError
 from .protocol import MAX_UPLOAD, Ack, Activations, ProtocolError, Record, Set, Simple, Start, Top, parse, short
-from .session import LiveSession, ModelEntry, activation_maps, top_images
+from .session import KNOBS, MAX_CHAINS, LiveSession, ModelEntry, activation_maps, top_images
 
 if TYPE_CHECKING:
     import socket
@@ -398,7 +398,8 @@ async def _connection(ws: WebSocket, entries: dict[str, ModelEntry], cfg: Server
 
     tasks = [asyncio.create_task(c()) for c in (sender, receiver, watchdog)]
     publish({"type": "hello", "models": [e.describe() for e in entries.values()],
-             "limits": {"chains": 100, "upload_bytes": MAX_UPLOAD}})
+             "limits": {"chains": MAX_CHAINS, "upload_bytes": MAX_UPLOAD},
+             "knobs": {name: knob.slider() for name, knob in KNOBS.items()}})
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -458,8 +459,9 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
     where = ", ".join(sorted({str(e.device) for e in entries.values()}))
     print(f"ldam serve: {', '.join(entries)} (on {where}) on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)",
           flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20))
-    server.run(sockets=[sock])
+    sock.close()  # the probe's work is done; uvicorn binds the same address at once
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
+                ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20)
 
 
 def bind_socket(host: str, port: int) -> "socket.socket":
