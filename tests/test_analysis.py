@@ -78,23 +78,56 @@ def test_saliency_and_gradients_of_a_linear_neuron():
 def test_chain_stats_on_a_linear_neuron():
     torch.manual_seed(1)
     lin = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
-    means = torch.randn(6, 1, 4, 4)
+    # planted: 6 chains in k = 3 orthogonal directions (cosine distance 1 between groups), 2 chains each,
+    # each perturbed by 1 % noise (cosine distance ~1e-4 within a group)
+    k = 3
+    g = torch.Generator().manual_seed(1)
+    centres = torch.linalg.qr(torch.randn(16, 16, generator=g))[0][:k]
+    means = (centres.repeat_interleave(2, 0) * 3 + 0.03 * torch.randn(2 * k, 16, generator=g)).view(6, 1, 4, 4)
     st = chain_stats(lin, "output:1", means)
-    assert st.chains == 6 and st.modes >= 1
-    assert st.activation == pytest.approx(float(lin(means)[:, 1].mean().detach()), rel=1e-5)
-    assert st.saliency_spread == pytest.approx(0.0, abs=1e-9)  # same gradient for every chain
+    assert st.chains == 6 and st.silent == 0
+    assert st.modes == k
+    # numpy: the neuron w·x + b, the mean pairwise Euclidean and cosine distances
+    x = means.double().numpy().reshape(6, 16)
+    w, b = lin[1].weight.detach().double().numpy()[1], float(lin[1].bias.detach()[1])
+    assert st.activation == pytest.approx((x @ w + b).mean(), rel=1e-6)
+    iu = np.triu_indices(6, 1)
+    assert st.distance == pytest.approx(np.linalg.norm(x[:, None] - x[None], axis=2)[iu].mean(), rel=1e-9)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert st.cosine_distance == pytest.approx((1 - unit @ unit.T)[iu].mean(), rel=1e-9)
+    # the gradient of a linear neuron is w for every chain: saliency w²/Σw², area 1/Σ s², no spread
+    sal = w**2 / (w**2).sum()
+    assert st.saliency_area == pytest.approx(1 / (sal**2).sum(), rel=1e-9)
+    assert st.saliency_spread == pytest.approx(0.0, abs=1e-9)
+    # one planted direction: one mode; every chain in its own direction: six
+    assert chain_stats(lin, "output:1", centres[:1].repeat(6, 1).view(6, 1, 4, 4) + 0.01 * means).modes == 1
+    assert chain_stats(lin, "output:1", torch.linalg.qr(torch.randn(16, 16, generator=g))[0][:6].view(6, 1, 4, 4)).modes == 6
 
 
 def test_layer_activations_and_feature_modes():
     torch.manual_seed(2)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).train()
+    w1, b1 = net[1].weight.detach().double().numpy(), net[1].bias.detach().double().numpy()
     x = torch.randn(5, 1, 4, 4)
     h = layer_activations(net, "2", x)
-    torch.testing.assert_close(h, torch.relu(net[1](x.flatten(1))).detach())
+    # the ReLU layer's output written out in numpy: max(0, W₁x + b₁)
+    want = np.maximum(x.double().numpy().reshape(5, 16) @ w1.T + b1, 0)
+    np.testing.assert_allclose(h.double().numpy(), want, rtol=1e-5, atol=1e-6)
     assert net.training and not net[2]._forward_hooks  # left as found
-    st = chain_stats(net, "output:0", x, feature_layer="2")
-    assert st.feature_cosine_distance == pytest.approx(mean_pairwise(cosine_distances(h)))
-    assert st.feature_modes == count_modes(h, 0.5)
+    # planted feature modes: inputs whose hidden features are 2 disjoint (orthogonal after the ReLU) patterns,
+    # 3 chains each. W₁ (8×16) has full row rank, so x = W₁⁺(h − b₁) + n gives exactly the features h for
+    # any n in W₁'s null space; a large common n makes all six inputs one mode in input space.
+    feats = np.full((6, 8), -2.0)  # the pre-activations; the ReLU zeroes the -2 entries
+    feats[:3, :4] = [[1.0, 2.0, 1.5, 1.0], [1.1, 2.0, 1.4, 1.0], [1.0, 1.9, 1.5, 1.1]]
+    feats[3:, 4:] = [[2.0, 1.0, 1.0, 0.5], [2.1, 1.0, 0.9, 0.5], [2.0, 1.1, 1.0, 0.6]]
+    null = np.linalg.svd(w1)[2][-1]  # a unit vector with W₁ n = 0
+    xs = torch.from_numpy((feats - b1) @ np.linalg.pinv(w1).T + 50 * null).view(6, 1, 4, 4)
+    st = chain_stats(net.double(), "output:0", xs, feature_layer="2")
+    assert st.modes == 1 and st.feature_modes == 2
+    relu = np.maximum(feats, 0)
+    unit = relu / np.linalg.norm(relu, axis=1, keepdims=True)
+    iu = np.triu_indices(6, 1)
+    assert st.feature_cosine_distance == pytest.approx((1 - unit @ unit.T)[iu].mean(), rel=1e-4)
     with pytest.raises(ValueError, match="no layer named 'fc9'"):
         layer_activations(net, "fc9", x)
 

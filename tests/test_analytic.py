@@ -93,15 +93,21 @@ def test_psgld_matches_the_gaussian():
 
 
 def test_the_mean_is_the_mean_of_kept_samples_and_the_ema_follows_its_recursion():
-    res = run("sgld", 0.01, steps=300, burn_in=100, chains=4)
+    tau = 37.0  # not the default, so a sampler that ignores ema_tau fails
+    res = ldam.sample(LinearNeuron(W), "output:0", input_shape=(1, 4, 4), chains=4, steps=300, step_size=0.01,
+                      regularizers=[ldam.L2(2.0)], burn_in=100, ema_tau=tau, seed=0)
     assert res.samples.shape == (4, 200, 1, 4, 4)
-    torch.testing.assert_close(res.mean, res.samples.mean(1), rtol=1e-5, atol=1e-5)
-    ema = res.samples[:, 0].double().clone()
+    s = res.samples.double().numpy()
+    scale = np.abs(s).max()
+    # the mean is the plain average of the 200 kept states (numpy, float64)
+    np.testing.assert_allclose(res.mean.double().numpy(), s.mean(1), rtol=1e-5, atol=1e-5 * scale)
+    # the EMA starts at the first kept state and takes every later kept state once:
+    # ema <- ema + (x - ema) / tau (nothing after the last kept state: the final step's result is not kept)
+    ema = s[:, 0].copy()
     for k in range(1, 200):
-        ema += (res.samples[:, k].double() - ema) / 200.0
-    # the EMA also took the state after the last kept sample
+        ema += (s[:, k] - ema) / tau
     assert res.ema is not None
-    assert (res.ema.double() - ema).abs().max() < 0.1
+    np.testing.assert_allclose(res.ema.double().numpy(), ema, rtol=1e-5, atol=1e-5 * scale)
 
 
 def test_thinning_keeps_every_nth_state_of_the_same_chain():

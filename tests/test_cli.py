@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,7 +27,24 @@ def test_demo_writes_its_files(tmp_path, capsys):
     assert res.mean.shape == (100, 1, 28, 28) and res.activations.shape == (60, 100)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_spec"] == "zoo:lenet-mnist" and cfg["steps"] == 60
-    assert Image.open(out / "grid.png").size == Image.open(out / "grid.png").size
+    # the grid's layout, computed independently: one row per target, one column per chain, each tile the
+    # 28x28 input enlarged twice, a 2-px gutter before every tile and around the edge
+    chains, n_targets, side, zoom, pad = res.chains, 10, 28, 2, 2
+    assert chains == 10
+    expected = (pad + chains * (side * zoom + pad), pad + n_targets * (side * zoom + pad))
+    picture = np.asarray(Image.open(out / "grid.png"))
+    assert picture.shape[::-1] == expected == (582, 582)
+    # every tile is the paper's signed display of that chain's mean (numpy re-implementation)
+    mean = res.mean.double().numpy()
+    for k in (0, 37, 99):
+        r, c = divmod(k, chains)
+        peak = np.abs(mean[k]).max()
+        want = np.clip(np.rint(mean[k, 0] * 127.0 / peak + 128.0), 0, 255).astype(np.uint8)
+        want = want.repeat(zoom, 0).repeat(zoom, 1)
+        y, x = pad + r * (side * zoom + pad), pad + c * (side * zoom + pad)
+        assert np.array_equal(picture[y:y + side * zoom, x:x + side * zoom], want), k
+    # the per-target picture: 10 tiles in one row, enlarged 4 times
+    assert Image.open(out / "targets.png").size == (pad + 10 * (side * 4 + pad), pad + side * 4 + pad)
     # the pixel-range box is on in the demo: every kept sample is a valid image
     lo, hi = (0 - 0.1307) / 0.3081, (1 - 0.1307) / 0.3081
     assert res.samples.min() >= lo - 1e-5 and res.samples.max() <= hi + 1e-5

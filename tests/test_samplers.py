@@ -122,11 +122,50 @@ def test_auto_burn_in_ends_once_the_activation_has_settled():
     assert res.activations[:50].mean().item() < 0.5 * stationary
 
 
+def _truncated_normal_moments(mu: float, sd: float, a: float, b: float) -> tuple[float, float]:
+    """Mean and variance of N(mu, sd²) restricted to [a, b] (the textbook formulas, with math.erf)."""
+    phi = lambda z: math.exp(-z * z / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    cdf = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    al, be = (a - mu) / sd, (b - mu) / sd
+    z = cdf(be) - cdf(al)
+    r = (phi(al) - phi(be)) / z
+    return mu + sd * r, sd * sd * (1 + (al * phi(al) - be * phi(be)) / z - r * r)
+
+
+def _tau_int(s: np.ndarray) -> float:
+    """Integrated autocorrelation time of [chains, steps, dims], summed until ρ_k < 0.05."""
+    c = s - s.mean(1, keepdims=True)
+    var, tau = (c * c).mean(), 1.0
+    for k in range(1, s.shape[1] // 3):
+        rho = (c[:, k:] * c[:, :-k]).mean() / var
+        if rho < 0.05:
+            break
+        tau += 2 * rho
+    return tau
+
+
 def test_box_reflection_keeps_chains_inside_and_mala_rejects_outside():
+    lo, hi, lam = -0.5, 0.25, 1.0
+    runs = {}
     for method in ("sgld", "mala", "psgld", "paper"):
-        res = ldam.sample(LinearNeuron(W), "output:0", input_shape=(1, 3, 3), chains=4, steps=200, burn_in=50,
-                          step_size=0.05, regularizers=[ldam.Box(-0.5, 0.25)], method=method)
-        assert res.samples.min() >= -0.5 - 1e-6 and res.samples.max() <= 0.25 + 1e-6, method
+        res = runs[method] = ldam.sample(LinearNeuron(W), "output:0", input_shape=(1, 3, 3), chains=8, steps=200,
+                                         burn_in=50, step_size=0.05, regularizers=[ldam.L2(lam), ldam.Box(lo, hi)],
+                                         method=method, seed=0)
+        assert res.samples.min() >= lo - 1e-6 and res.samples.max() <= hi + 1e-6, method
+    # MALA with the folded proposal is exact for p restricted to the box: each pixel is N(w/λ, T/λ)
+    # truncated to [lo, hi]. A sampler that clamped instead of folding (or used the unfolded q) would
+    # pile mass on the walls and move these moments.
+    ref = np.array([_truncated_normal_moments(w / lam, math.sqrt(1 / lam), lo, hi) for w in W.flatten().tolist()])
+    res_mala = runs["mala"]
+    s = res_mala.samples.double().flatten(2).numpy()  # [chains, kept, 9]
+    std = (s - ref[:, 0]) / np.sqrt(ref[:, 1])
+    n_eff = s.shape[0] * s.shape[1] / _tau_int(std)  # effectively independent samples per pixel
+    kurt = (std**4).mean((0, 1))  # the fourth standardized moment: se(var)/var = sqrt((κ − 1)/n)
+    z_mean = (s.mean((0, 1)) - ref[:, 0]) / np.sqrt(ref[:, 1] / n_eff)
+    z_var = (s.var((0, 1)) / ref[:, 1] - 1) / np.sqrt((kurt - 1) / n_eff)
+    assert np.abs(z_mean).max() < 5, (z_mean, s.mean((0, 1)), ref[:, 0])
+    assert np.abs(z_var).max() < 5, (z_var, s.var((0, 1)), ref[:, 1])
+    assert res_mala.acceptance is not None and (res_mala.acceptance > 0.2).all()
 
 
 def test_reflection_is_the_fold_at_the_walls():

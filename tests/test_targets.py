@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -131,14 +132,51 @@ class Signal(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
+def _conv1d_numpy(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, C, L] ⊛ [O, C, K] + b → [N, O, L − K + 1], the sum written out."""
+    k = w.shape[2]
+    windows = np.stack([x[:, :, i:i + k] for i in range(x.shape[2] - k + 1)], 2)  # [N, C, L', K]
+    return np.einsum("nclk,ock->nol", windows, w) + b[None, :, None]
+
+
+def _conv2d_numpy(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] ⊛ [O, C, K, K] + b → [N, O, H − K + 1, W − K + 1]."""
+    k = w.shape[2]
+    h, v = x.shape[2] - k + 1, x.shape[3] - k + 1
+    out = np.zeros((x.shape[0], w.shape[0], h, v))
+    for i in range(k):
+        for j in range(k):
+            out += np.einsum("nchw,oc->nohw", x[:, :, i:i + h, j:j + v], w[:, :, i, j])
+    return out + b[None, :, None, None]
+
+
 def test_one_dimensional_signals_and_n_channel_inputs():
-    res = ldam.sample(Signal(), ["conv:1@4", "conv:2", "output:0-3"], input_shape=(2, 16), chains=2, steps=30,
+    sig = Signal()
+    res = ldam.sample(sig, ["conv:1@4", "conv:2", "output:0-3"], input_shape=(2, 16), chains=2, steps=30,
                       burn_in=10, regularizers=[ldam.L2(1.0), ldam.TotalVariation(0.1)])
-    assert res.samples.shape == (12, 20, 2, 16)
+    assert res.samples.shape == (12, 20, 2, 16) and res.burn_in == 10
+    # the trace at step burn_in + k is the target's value on kept sample k, recomputed in numpy:
+    # Conv1d written out, ReLU, the Linear layer as a matrix product
+    x = res.samples.double().numpy().reshape(12 * 20, 2, 16)
+    cw, cb = sig.conv.weight.detach().double().numpy(), sig.conv.bias.detach().double().numpy()
+    fw, fb = sig.fc.weight.detach().double().numpy(), sig.fc.bias.detach().double().numpy()
+    conv = _conv1d_numpy(x, cw, cb).reshape(12, 20, 3, 12)
+    out = np.maximum(conv, 0).reshape(12, 20, 36) @ fw.T + fb  # [batch, kept, 4]
+    want = np.concatenate([conv[0:2, :, 1, 4], conv[2:4, :, 2].mean(-1),
+                           *[out[4 + 2 * u:6 + 2 * u, :, u] for u in range(4)]])  # [12, 20]
+    got = res.activations[10:].double().numpy().T
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # n-channel 2-D inputs: a Conv2d channel's mean, and a Linear unit after it
+    torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(5, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
     res = ldam.sample(m, ["0:1", "2:2"], input_shape=(5, 8, 8), chains=3, steps=20, burn_in=5)
-    assert res.mean.shape == (6, 5, 8, 8)
-    assert torch.isfinite(res.activations).all()
+    assert res.mean.shape == (6, 5, 8, 8) and res.samples.shape == (6, 15, 5, 8, 8)
+    x = res.samples.double().numpy().reshape(6 * 15, 5, 8, 8)
+    conv = _conv2d_numpy(x, m[0].weight.detach().double().numpy(), m[0].bias.detach().double().numpy())
+    lin = conv.reshape(6 * 15, 72) @ m[2].weight.detach().double().numpy().T + m[2].bias.detach().double().numpy()
+    conv, lin = conv.reshape(6, 15, 2, 6, 6), lin.reshape(6, 15, 3)
+    want = np.concatenate([conv[0:3, :, 1].mean((-1, -2)), lin[3:6, :, 2]])
+    np.testing.assert_allclose(res.activations[5:].double().numpy().T, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("dense", [True, False])

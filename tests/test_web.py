@@ -73,7 +73,17 @@ def test_a_session_streams_frames_of_the_right_layout(entries):
         assert len(frames[-1]["target_activation"]) == 10
 
 
-def test_controls_reach_the_server_side_sampler(entries):
+def test_controls_reach_the_server_side_sampler(entries, monkeypatch):
+    from ldam.samplers import Metropolis
+
+    accepts = []  # (method, per-chain accept decision of one step), recorded as the sampler makes them
+    finish = Metropolis._finish
+
+    def record(self, accept, log_alpha, adapting):
+        accepts.append((self, accept.detach().cpu().clone()))
+        return finish(self, accept, log_alpha, adapting)
+
+    monkeypatch.setattr(Metropolis, "_finish", record)
     app = create_app(entries, ServerConfig())
     with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(WS) as ws:
         receive(ws, "hello")
@@ -90,6 +100,17 @@ def test_controls_reach_the_server_side_sampler(entries):
         assert s.method.name == "mala" and [r.weight for r in s.regularizers if r.name == "l2"] == [1.5]
         f = receive(ws, "frame")
         assert f["params"]["steps_per_frame"] == 2 and "acceptance" in f["stats"]
+        # the acceptance shown is the mean, over chains, of the MALA's own accept decisions in its last
+        # `window` proposals: pause, then compare a frame with the decisions recorded step by step
+        ws.send_json({"type": "pause"})
+        receive(ws, "paused")
+        method = s.method
+        decisions = [d for m, d in accepts if m is method]
+        assert len(decisions) >= 2
+        want = float(torch.stack(decisions[-method.window:]).double().mean())
+        got = session.frame()["stats"]["acceptance"]
+        assert isinstance(got, float) and 0 < got <= 1
+        assert got == pytest.approx(want, rel=1e-12), (got, want)
 
 
 def test_malformed_messages_get_an_error_and_the_session_lives_on(entries):
@@ -154,8 +175,19 @@ def test_activation_maps_match_the_layer_output(entries):
         maps = receive(ws, "activations")
     x = entry.info.preprocess(torch.ones(1, 28, 28))
     with torch.no_grad():
-        ref = entry.model.conv1(x.unsqueeze(0))[0]
-    assert np.allclose(maps["means"], ref.flatten(1).mean(1).numpy(), atol=1e-4)
+        ref = entry.model.conv1(x.unsqueeze(0))[0].double().numpy()  # [6, 28, 28]
+    assert np.allclose(maps["means"], ref.reshape(6, -1).mean(1), atol=1e-4)
+    # the picture: 6 tiles of 28x28 in ceil(sqrt(6)) = 3 columns, a 2-px gutter, every map on ONE signed
+    # scale (the largest |value| of all maps → 127, plus 128)
+    units, side, pad, cols = 6, 28, 2, 3
+    assert (maps["units"], maps["cols"], maps["tile"], maps["pad"]) == (units, cols, [side, side], pad)
+    pic = np.asarray(decode(maps["png"]).convert("L"))
+    assert pic.shape == (pad + 2 * (side + pad), pad + cols * (side + pad))
+    want = np.clip(np.rint(ref * 127.0 / np.abs(ref).max() + 128.0), 0, 255)
+    for u in range(units):
+        r, c = divmod(u, cols)
+        tile = pic[pad + r * (side + pad):pad + r * (side + pad) + side, pad + c * (side + pad):pad + c * (side + pad) + side]
+        assert np.abs(tile.astype(float) - want[u]).max() <= 1, u  # ±1 grey level: float32 vs float64 rounding
 
 
 def test_a_client_that_disconnects_mid_stream_stops_its_worker(entries):

@@ -19,10 +19,13 @@ from .device import CHOICES as DEVICE_CHOICES, model_device, resolve_device
 from .energy import L2, Box, Regularizer, TotalVariation
 from .errors import LdamError
 from .sampler import sample
+from .samplers import METHODS
 from .schedules import CyclicAnnealing
 from .targets import probe_layers
+from .zoo import SAMPLING_DEFAULTS
 
 DEMO_MODEL = "zoo:lenet-mnist"
+_START = SAMPLING_DEFAULTS["mnist"]  # the sampling defaults suit the zoo's models (demo: lenet-mnist)
 
 
 ARCH_EXAMPLE = ("ldam layers weights.pt --arch mypkg.nets:resnet18 --arch-kwargs '{\"num_classes\": 10}' "
@@ -213,11 +216,11 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
     g = p.add_argument_group("sampling")
     g.add_argument("--chains", type=_positive(int), default=chains, help="chains per target (default: %(default)s)")
     g.add_argument("--steps", type=_positive(int), default=steps, help="Langevin steps (default: %(default)s)")
-    g.add_argument("--step-size", type=_schedule, default=0.004, metavar="EPS",
+    g.add_argument("--step-size", type=_schedule, default=_START["step_size"], metavar="EPS",
                    help="step size ε, or cyclic:HOT,COLD,PERIOD (default: %(default)s)")
-    g.add_argument("--temperature", type=_schedule, default=0.02, metavar="T",
+    g.add_argument("--temperature", type=_schedule, default=_START["temperature"], metavar="T",
                    help="temperature T, or cyclic:HOT,COLD,PERIOD to anneal between modes (default: %(default)s)")
-    g.add_argument("--method", choices=["sgld", "mala", "pmala", "hmc", "psgld", "paper", "ascent"], default="sgld",
+    g.add_argument("--method", choices=list(METHODS), default="sgld",
                    help="update rule: sgld; the exact ones, which report their acceptance: mala, pmala (with a "
                    "learned diagonal metric), hmc (5 leapfrog steps per proposal); psgld (preconditioned); paper "
                    "(the authors' normalized-gradient update); ascent (Adam on the same log p, no noise: the "
@@ -234,7 +237,7 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     r = p.add_argument_group("energy: log p(x) = (f(x) - Σ λ R(x)) / T",
                              "The defaults suit the zoo models, whose inputs are normalized pixels.")
-    r.add_argument("--l2", type=float, default=0.3, metavar="λ", help="weight of R = ½‖x‖² (default: %(default)s; 0 for none)")
+    r.add_argument("--l2", type=float, default=_START["l2"], metavar="λ", help="weight of R = ½‖x‖² (default: %(default)s; 0 for none)")
     r.add_argument("--tv", type=float, default=0.0, metavar="λ", help="weight of total variation (default: none)")
     r.add_argument("--parameterization", choices=["pixel", "spectral", "generator"], default="pixel",
                    help="where the chains live: pixel (the input itself), spectral (Fourier coefficients with "
@@ -475,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help=f"sample the 10 digit neurons of {DEMO_MODEL} into runs/demo (no browser needed)",
                        description=f"Sample the 10 output neurons of {DEMO_MODEL}, 10 chains each, and "
                        "write grid.png, targets.png, chains.gif and result.pt to runs/demo.")
-    _add_sampling_options(d, steps=1500, chains=10, pixel_range=True)
+    _add_sampling_options(d, steps=1500, chains=int(_START["chains"]), pixel_range=True)
     add_device_option(d, "the model and the chains run")
     d.set_defaults(func=cmd_demo)
 

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .energy import Regularizer
+from .energy import Regularizer, rms_normalized
 from .errors import CheckpointError, CriticWarning, DataError, ShapeError
-from .io import atomic_save
+from .io import atomic_save, load_weights
 
 MODES = ("density", "mix")
 FORMAT = "ldam-critic"
@@ -434,8 +434,7 @@ class Discriminator(Regularizer):
         g_d = self.grad(x).neg_()
         if self._acc is None or self._acc.shape != g_d.shape:
             self._acc = torch.zeros_like(g_d)
-        self._acc.mul_(0.9).addcmul_(g_d, g_d, value=0.1)
-        g_hat_d = g_d.div_((self._acc + 1e-8).sqrt_())
+        g_hat_d = rms_normalized(g_d, self._acc, in_place=True)
         w = self._weight
         if w == 1.0:
             return g_hat_d
@@ -553,14 +552,7 @@ class Discriminator(Regularizer):
             if not isinstance(blob.get("arch"), dict):
                 raise CheckpointError(f"{path} holds a custom critic; pass an instance of its class as critic=...")
             critic = critic_from_spec(blob["arch"])
-        state = blob["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path} does not hold a state dict of tensors")
-        try:
-            critic.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"{path} does not fit critic {type(critic).__name__}: "
-                                  f"{' '.join(str(e).strip().splitlines()[:2])}") from None
+        load_weights(critic, blob["state_dict"], path, f"critic {type(critic).__name__}", detail_lines=2)
         if real is None:
             kwargs.setdefault("training", None)
         disc = cls(real, critic, **kwargs)

@@ -196,14 +196,17 @@ class Box(Regularizer):
     def value(self, x: torch.Tensor) -> torch.Tensor:
         if self.hard:
             return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        lo, hi = self.bounds(x)
-        return 0.5 * (x - x.clamp(lo, hi)).flatten(1).pow(2).sum(1)
+        return 0.5 * (x - self.clamp(x)).flatten(1).pow(2).sum(1)
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         if self.hard:
             return torch.zeros_like(x)
+        return x - self.clamp(x)
+
+    def clamp(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` clamped into the box (written to ``out`` when given, e.g. ``x`` itself)."""
         lo, hi = self.bounds(x)
-        return x - torch.maximum(torch.minimum(x, hi), lo)
+        return torch.maximum(torch.minimum(x, hi), lo, out=out)
 
     def inside(self, x: torch.Tensor) -> torch.Tensor:
         """Per example: whether every coordinate is inside the box."""
@@ -218,6 +221,12 @@ class Box(Regularizer):
         return x
 
 
+def _checked(r: Regularizer) -> Regularizer:
+    if not isinstance(r, Regularizer):
+        raise TypeError(f"regularizers must be ldam regularizer values such as ldam.L2(1.0), got {r!r}")
+    return r
+
+
 class Energy:
     """``log p(x) = (f(x) − Σ λ_i R_i(x)) / T`` for a :class:`~ldam.targets.TargetSet`.
 
@@ -227,12 +236,11 @@ class Energy:
 
     def __init__(self, targets: TargetSet, regularizers: Sequence[Regularizer] = ()):
         self.targets = targets
-        self.regularizers = list(regularizers)
-        for r in self.regularizers:
-            if not isinstance(r, Regularizer):
-                raise TypeError(
-                    f"regularizers must be ldam regularizer values such as ldam.L2(1.0), got {r!r}"
-                )
+        self.regularizers = [_checked(r) for r in regularizers]
+
+    def add_regularizer(self, regularizer: Regularizer) -> None:
+        """Add a term to ``Σ λ_i R_i`` (checked as the constructor's are)."""
+        self.regularizers.append(_checked(regularizer))
 
     @property
     def soft(self) -> list[Regularizer]:
@@ -261,28 +269,31 @@ class Energy:
 
     def prior(self, x: torch.Tensor, with_value: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``Σ λ_i R_i(x)`` per row (if asked) and its gradient; ``None`` when there is no prior."""
-        value = grad = None
-        for r in self.soft:
-            w = r.prior_weight
-            g = r.grad(x)
-            grad = w * g if grad is None else grad.add_(g, alpha=w)
-            if with_value:
-                v = r.value(x)
-                value = w * v if value is None else value + w * v
+        _, value, grad = self._prior_terms(x, with_value, False)
         return value, grad
 
     def prior_split(self, x: torch.Tensor) -> tuple[float, torch.Tensor | None]:
         """``Σ λ_i ∇R_i(x)`` as ``k·x + rest``: ``k`` sums the weights of regularizers with
         ``∇R(x) = x`` (L2), ``rest`` is the other gradients (``None`` if there are none)."""
-        k, rest = 0.0, None
+        k, _, rest = self._prior_terms(x, False, True)
+        return k, rest
+
+    def _prior_terms(self, x: torch.Tensor, with_value: bool,
+                     split: bool) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+        """``(k, Σ λ_i R_i(x), gradient)``: with ``split`` the weights of the terms with ``∇R(x) = x``
+        go to ``k`` and their gradients are left out of the sum, else ``k`` is 0."""
+        k, value, grad = 0.0, None, None
         for r in self.soft:
             w = r.prior_weight
-            if r.identity_gradient:
+            if split and r.identity_gradient:
                 k += w
             else:
                 g = r.grad(x)
-                rest = w * g if rest is None else rest.add_(g, alpha=w)
-        return k, rest
+                grad = w * g if grad is None else grad.add_(g, alpha=w)
+            if with_value:
+                v = r.value(x)
+                value = w * v if value is None else value + w * v
+        return k, value, grad
 
     def guarded_weight(self) -> float:
         """``k`` of a quadratic term ``k/2T ‖x‖²`` whose stability an adaptive sampler must keep by
@@ -322,12 +333,24 @@ def log_prob(f: torch.Tensor, prior: torch.Tensor | None, temperature: float, sc
     return (f if prior is None else f - prior) / temperature
 
 
-def grad_log_prob(gf: torch.Tensor, gprior: torch.Tensor | None, temperature: float, scale: float = 1.0) -> torch.Tensor:
-    """``(a·∇f − Σ λ∇R) / T``, ``a = scale``."""
+def grad_log_prob(gf: torch.Tensor, gprior: torch.Tensor | None, temperature: float, scale: float = 1.0,
+                  in_place: bool = False) -> torch.Tensor:
+    """``(a·∇f − Σ λ∇R) / T``, ``a = scale``; with ``in_place`` computed in ``gf``'s memory."""
     if scale != 1.0:
-        gf = scale * gf
-    g = gf if gprior is None else gf - gprior
-    return g / temperature if temperature != 1.0 else g
+        gf = gf.mul_(scale) if in_place else scale * gf
+    if gprior is not None:
+        gf = gf.sub_(gprior) if in_place else gf - gprior
+    if temperature == 1.0:
+        return gf
+    return gf.div_(temperature) if in_place else gf / temperature
 
 
-__all__ = ["Regularizer", "L2", "TotalVariation", "Box", "Energy", "log_prob", "grad_log_prob"]
+def rms_normalized(g: torch.Tensor, acc: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """The authors' RMS normalization (BIDMach, PAPER.md §6): ``acc ← 0.9·acc + 0.1·g²`` (in place),
+    then ``g / √(acc + 1e-8)`` (in ``g``'s memory with ``in_place``)."""
+    acc.mul_(0.9).addcmul_(g, g, value=0.1)
+    root = (acc + 1e-8).sqrt_()
+    return g.div_(root) if in_place else g / root
+
+
+__all__ = ["Regularizer", "L2", "TotalVariation", "Box", "Energy", "log_prob", "grad_log_prob", "rms_normalized"]

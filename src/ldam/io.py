@@ -40,4 +40,20 @@ def load_training_checkpoint(path: Path, model: torch.nn.Module, optimizer: torc
     return state
 
 
-__all__ = ["atomic_save", "load_training_checkpoint"]
+def load_weights(module: torch.nn.Module, state: Any, source: str | Path, fits: str, detail_lines: int = 3) -> None:
+    """``module.load_state_dict(state, strict=True)`` for a state dict read from ``source``: a
+    :class:`CheckpointError` naming ``source`` when ``state`` is not a dict of tensors, or when it
+    does not fit ``module`` (``fits`` names what it should fit, e.g. ``"architecture LeNet5"``;
+    the first ``detail_lines`` lines of torch's reason follow)."""
+    from .errors import CheckpointError
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source} does not hold a state dict of tensors")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        reason = " ".join(str(e).strip().splitlines()[:detail_lines])
+        raise CheckpointError(f"{source} does not fit {fits}: {reason}") from None
+
+
+__all__ = ["atomic_save", "load_training_checkpoint", "load_weights"]

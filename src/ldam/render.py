@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import torch
@@ -16,10 +16,15 @@ def signed_display(x: torch.Tensor) -> np.ndarray:
     Grey is uncorrelated with the neuron, white positively and black negatively correlated.
     One scale per image (all channels together), so colour balance is kept. Returns uint8.
     """
-    a = x.detach().cpu().double().numpy()
-    peak = np.abs(a).max()
-    scale = 127.0 / peak if peak > 0 else 0.0
-    return np.clip(np.rint(a * scale + 128.0), 0, 255).astype(np.uint8)
+    return _signed(x.detach().cpu().double()).numpy()
+
+
+def _signed(a: torch.Tensor, dim: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The signed display of float64 ``a`` as uint8: ``a`` (each slice over ``dim`` on its own, or
+    all of it when ``dim`` is ``None``) scaled so its largest ``|value|`` is 127, plus 128."""
+    peak = a.abs().amax() if dim is None else a.abs().amax(dim=dim, keepdim=True)
+    scale = torch.where(peak > 0, 127.0 / peak, torch.zeros_like(peak))
+    return (a * scale + 128.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def pixel_display(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -83,16 +88,14 @@ def display_array(x: torch.Tensor, display: str = "signed", mean: Sequence[float
         raise ValueError(f"display_array takes [N, 1 or 3, H, W], got {list(x.shape)}")
     a = x.detach().cpu().to(torch.float64)  # copied to the host as is, then widened
     if display == "signed":
-        peak = a.abs().amax(dim=(1, 2, 3), keepdim=True)
-        scale = torch.where(peak > 0, 127.0 / peak, torch.zeros_like(peak))
-        u = (a * scale + 128.0).round_().clamp_(0, 255)
+        u = _signed(a, dim=(1, 2, 3))
     elif display == "pixel":
         m = torch.as_tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
         sd = torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
-        u = (a * sd + m).clamp_(0, 1).mul_(255).round_()
+        u = (a * sd + m).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
     else:
         raise ValueError(f"display must be 'signed' or 'pixel', got {display!r}")
-    return u.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return u.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def grid_array(tiles: np.ndarray, ncol: int, pad: int = 2, zoom: int = 2, background: int = 64) -> Image.Image:
@@ -118,12 +121,14 @@ def batch_grid(x: torch.Tensor, ncol: int, display: str = "signed", zoom: int = 
     return grid([to_image(xi, display, **norm) for xi in x], ncol, zoom=zoom)
 
 
-def save_gif(frames: Sequence[Image.Image], path: str | Path, fps: float = 10.0) -> Path:
-    """Write an animated GIF that loops forever."""
+def save_gif(frames: Sequence[Image.Image], path: str | Path | BinaryIO, fps: float = 10.0) -> Path | BinaryIO:
+    """Write an animated GIF that loops forever, to a file (its folder is made) or a binary stream."""
     if not frames:
         raise ValueError("a GIF needs at least one frame")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
     frames = [f.convert("P", palette=Image.ADAPTIVE) if f.mode == "RGB" else f for f in frames]
-    frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=max(20, int(1000 / fps)), loop=0)
+    frames[0].save(path, format="GIF", save_all=True, append_images=list(frames[1:]),
+                   duration=max(20, int(1000 / fps)), loop=0)
     return path

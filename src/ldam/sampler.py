@@ -253,9 +253,39 @@ class Sampler:
                 r.weight = weight  # type: ignore[assignment]  (a discriminator checks 0 <= w <= 1)
                 return
         if name == "l2" and weight is not None:
-            self.energy.regularizers.append(L2(weight))
+            self.energy.add_regularizer(L2(weight))
             return
         raise KeyError(f"no regularizer named {name!r}; have {[r.name for r in self.energy.regularizers]}")
+
+    def add_regularizer(self, regularizer: Regularizer) -> None:
+        """Add a regularizer while the chains run (the live UI's critic), checked as the constructor's
+        are (a regularizer value; a ``mode="mix"`` discriminator only with ``method="paper"``) and
+        bound to the chains' input shape, device and dtype; nothing is added when a check fails."""
+        self.energy.add_regularizer(regularizer)
+        try:
+            self._check_mix(self.method)
+            regularizer.bind(self.input_shape, self.device, self.dtype)
+        except Exception:
+            self.energy.regularizers.pop()
+            raise
+
+    def restart_average(self) -> None:
+        """Restart the moving average :attr:`ema` from the chains' current images (after a
+        :meth:`reset`, a display of the average then starts at once instead of after burn-in)."""
+        self.ema = self.images().clone()
+
+    def reserve_trace(self, steps: int) -> None:
+        """Make room in the activation trace for ``steps`` more steps at once (none is regrown
+        while they run: :func:`sample` knows its steps in advance)."""
+        n = self.t - self._act_base
+        if self._act.shape[0] < n + steps:
+            self._resize_trace(n + steps)
+
+    def _resize_trace(self, rows: int) -> None:
+        n = self.t - self._act_base
+        grown = torch.empty(rows, self.batch, dtype=self.dtype, device=self.device)
+        grown[:n] = self._act[:n]
+        self._act = grown
 
     def images(self, state: torch.Tensor | None = None) -> torch.Tensor:
         """The inputs ``x = Φ(z)`` for a state (default: the chains' current state :attr:`x`);
@@ -337,7 +367,7 @@ class Sampler:
                 for i in range(steps):
                     info = self._step(describe=bool(self.callbacks) or i == steps - 1)
             finally:
-                self._check(final=True)
+                self._check()
         return info
 
     def _step(self, describe: bool = True) -> StepInfo | None:
@@ -358,9 +388,7 @@ class Sampler:
         f = self.method.step(self.x, ctx)
         i = t - self._act_base
         if i >= self._act.shape[0]:
-            grown = torch.empty(2 * self._act.shape[0], self.batch, dtype=self.dtype, device=self.device)
-            grown[: self._act.shape[0]] = self._act
-            self._act = grown
+            self._resize_trace(2 * self._act.shape[0])
         self._act[i] = f
         observers = [r for r in self.energy.regularizers if type(r).observe is not Regularizer.observe]
         if observers:  # regularizers may be added while the chains run (the live UI's critic)
@@ -403,7 +431,7 @@ class Sampler:
         if self.keep_samples:
             self._samples.append(img.clone())
 
-    def _check(self, final: bool = False) -> None:
+    def _check(self) -> None:
         """Raise a clear error if any chain left the finite numbers since the last check."""
         if self.t == self._checked:
             return
@@ -571,7 +599,7 @@ def sample(
         model, target_or_targets, input_shape, chains=chains, step_size=step_size, temperature=temperature,
         regularizers=regularizers, method=method, burn_in=burn_in, thin=thin, seed=seed, **options,
     )
-    sampler._act = torch.empty(steps, sampler.batch, dtype=sampler.dtype, device=sampler.device)
+    sampler.reserve_trace(steps)
     sampler.run(steps)
     return sampler.result()
 

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .energy import Energy, grad_log_prob, log_prob
+from .energy import Energy, grad_log_prob, log_prob, rms_normalized
 
 
 def chain_seeds(seed: int, keys: Sequence[str], chains: int) -> list[int]:
@@ -141,15 +141,11 @@ class SGLD(Method):
         eps, temp = ctx.step_size, ctx.temperature
         f, gf = ctx.energy.activation(x)
         k, rest = ctx.energy.prior_split(x)
-        a = ctx.energy.activation_scale
-        if a != 1.0:
-            gf.mul_(a)
-        if rest is not None:
-            gf.sub_(rest)
+        g = grad_log_prob(gf, rest, 1.0, ctx.energy.activation_scale, in_place=True)  # T∇log p but −k·x
         # x + (ε/2T)(a·∇f − k·x − rest) + √ε ξ, with the L2 part as one scalar multiply
         if k:
             x.mul_(1 - eps * k / (2 * temp))
-        x.add_(gf, alpha=eps / (2 * temp)).add_(ctx.noise.normal(), alpha=math.sqrt(eps))
+        x.add_(g, alpha=eps / (2 * temp)).add_(ctx.noise.normal(), alpha=math.sqrt(eps))
         ctx.energy.project_(x)
         return f
 
@@ -755,8 +751,7 @@ class Paper(Method):
             self._acc = torch.zeros_like(gf)
             self._m = torch.zeros_like(gf)
         assert self._m is not None
-        self._acc.mul_(0.9).addcmul_(gf, gf, value=0.1)
-        g = gf / (self._acc + 1e-8).sqrt()
+        g = rms_normalized(gf, self._acc)
         a = ctx.energy.activation_scale
         if a != 1.0:
             g.mul_(a)
@@ -771,8 +766,7 @@ class Paper(Method):
         self._m.mul_(self.momentum).add_(g, alpha=1 - self.momentum)
         x.add_(self._m, alpha=self.scale * ctx.step_size)
         for b in ctx.energy.boxes:
-            lo, hi = b.bounds(x)
-            torch.maximum(torch.minimum(x, hi), lo, out=x)
+            b.clamp(x, out=x)
         if not ctx.energy.boxes:
             ctx.energy.project_(x)  # a box on the images of a parameterization (a no-op otherwise)
         return f

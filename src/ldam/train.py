@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data.pixels import to_model_units
 from .device import model_device, resolve_device
 from .errors import CheckpointError, LdamError
 from .io import atomic_save, load_training_checkpoint
@@ -126,12 +127,7 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 def normalize(images: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
     """uint8 ``[N, C, H, W]`` pixels → float model input ``(pixel/255 − mean) / std``."""
-    x = images.float().div_(255)
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    return (x - m) / s
+    return to_model_units(images.unsqueeze(1) if images.dim() == 3 else images, mean, std)
 
 
 def load_dataset(name: str, val_size: int = 0) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .mnist import Fetcher, _urlopen_fetch, cache_dir, fetch_verified, sha256
+from .mnist import Fetcher, _urlopen_fetch, cache_dir, dataset_paths, fetch_verified, sha256
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 NPZ = {
@@ -40,11 +40,8 @@ TAR_URLS = ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",)
 
 
 def search_paths() -> list[Path]:
-    paths = []
-    if os.environ.get("LDAM_DATA_DIR"):
-        paths.append(Path(os.environ["LDAM_DATA_DIR"]) / "cifar10")
-    paths.append(cache_dir() / "cifar10")
-    return paths
+    """The folders searched for the CIFAR-10 files, in order."""
+    return dataset_paths("cifar10")
 
 
 class _NumpyOnly(pickle.Unpickler):

@@ -46,13 +46,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LDAM_CACHE_DIR") or Path.home() / ".cache" / "ldam")
 
 
-def search_paths() -> list[Path]:
-    """The folders searched for MNIST files, in order."""
+def dataset_paths(dataset: str) -> list[Path]:
+    """The folders searched for ``dataset``'s files, in order: ``$LDAM_DATA_DIR/<dataset>`` (when
+    set), then ``<cache>/<dataset>``."""
     paths = []
     if os.environ.get("LDAM_DATA_DIR"):
-        paths.append(Path(os.environ["LDAM_DATA_DIR"]) / "mnist")
-    paths.append(cache_dir() / "mnist")
+        paths.append(Path(os.environ["LDAM_DATA_DIR"]) / dataset)
+    paths.append(cache_dir() / dataset)
     return paths
+
+
+def search_paths() -> list[Path]:
+    """The folders searched for MNIST files, in order."""
+    return dataset_paths("mnist")
 
 
 def sha256(path: Path) -> str:

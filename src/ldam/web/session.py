@@ -17,47 +17,72 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.pixels import to_model_units
 from ..device import model_device
 from ..discriminator import CriticTraining, Discriminator
 from ..energy import L2, Box
 from ..errors import LdamError
 from ..guard import model_guard
 from ..parameterization import Spectral
-from ..render import display_array, grid, grid_array, to_image
+from ..render import display_array, grid, grid_array, save_gif, signed_display, to_image
 from ..sampler import Sampler
-from ..samplers import Metropolis
+from ..samplers import METHODS as SAMPLER_METHODS, Metropolis
 from ..targets import capture, probe_layers
 from ..transforms import Jitter, Rotate, Scale
-from ..zoo import ModelInfo
+from ..zoo import SAMPLING_DEFAULTS, ModelInfo
 
 #: Starting knobs per dataset (those of the CLI and the reproductions in experiments/).
-DEFAULTS: dict[str, dict[str, float]] = {
-    "mnist": {"temperature": 0.02, "step_size": 0.004, "l2": 0.3, "chains": 10},
-    "cifar10": {"temperature": 1e-3, "step_size": 2e-3, "l2": 0.05, "chains": 6},
-    "imagenet": {"temperature": 5e-4, "step_size": 2e-3, "l2": 0.02, "chains": 2},
-}
+DEFAULTS: dict[str, dict[str, float]] = SAMPLING_DEFAULTS
 
-#: Ranges of the live controls: (low, high, log-scaled).
-RANGES: dict[str, tuple[float, float, bool]] = {
-    "temperature": (1e-4, 10.0, True),
-    "step_size": (1e-5, 1.0, True),
-    "l2": (0.0, 10.0, False),
-    "disc_weight": (0.0, 1.0, False),
-    "ema_tau": (1.0, 500.0, True),
-    "steps_per_frame": (1, 100, False),
+
+@dataclass(frozen=True)
+class Knob:
+    """A live control: the values a ``set`` message may carry (``low``–``high``), how its slider
+    maps to them (``log``-scaled; with ``log_low``, a log slider from ``log_low`` whose left end is
+    0), whether it is an ``integer``, and its ``initial`` value. The page builds its sliders from
+    :meth:`slider`, sent in the ``hello`` message."""
+
+    low: float
+    high: float
+    log: bool
+    initial: float
+    integer: bool = False
+    log_low: float | None = None
+
+    def slider(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"lo": self.low if self.log_low is None else self.log_low, "hi": self.high,
+                                "log": self.log, "init": self.initial}
+        if self.integer:
+            spec["int"] = True
+        if self.log_low is not None:
+            spec["zeroAtMin"] = True
+        return spec
+
+
+_START = SAMPLING_DEFAULTS["mnist"]
+#: The live controls, in the order of the page's sliders.
+KNOBS: dict[str, Knob] = {
+    "temperature": Knob(1e-4, 10.0, True, _START["temperature"]),
+    "step_size": Knob(1e-5, 1.0, True, _START["step_size"]),
+    "l2": Knob(0.0, 10.0, True, _START["l2"], log_low=1e-4),
+    "disc_weight": Knob(0.0, 1.0, False, 0.0),
+    "ema_tau": Knob(1.0, 500.0, True, 20.0),
+    "steps_per_frame": Knob(1, 100, True, 1, integer=True),
 }
+#: Ranges of the live controls: (low, high, log-scaled).
+RANGES: dict[str, tuple[float, float, bool]] = {k: (v.low, v.high, v.log) for k, v in KNOBS.items()}
 #: Knobs after whose change a Metropolis method adapts its step again (they change the density or ε).
 ADAPT_AGAIN = ("temperature", "step_size", "l2", "disc_weight")
-METHODS = ("sgld", "mala", "pmala", "hmc", "psgld", "paper", "ascent")
+METHODS = tuple(SAMPLER_METHODS)
 PARAMETERIZATIONS = ("pixel", "spectral")
 MAX_CHAINS = 100
 TRACE_KEEP = 2000
 GIF_FRAMES = 200
+GIF_FPS = 15  #: a recording's frame rate (66 ms a frame)
 GIF_BYTES = 48 * 1024 * 1024  #: a recording's frames, PNG-encoded, at most this many bytes per session
 GIF_SIDE = 800  #: recorded frames are shrunk to at most this many pixels on their longer side
 MAX_PENDING = 16  #: control messages waiting for the worker, after coalescing
@@ -89,7 +114,7 @@ class NormalizedImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return (self.images[i].float() / 255 - self.mean) / self.std
+        return to_model_units(self.images[i], self.mean, self.std)
 
 
 @dataclass
@@ -325,13 +350,13 @@ class ModelEntry:
 class Params:
     """The live knobs; the worker copies them into the sampler before each frame."""
 
-    temperature: float = 0.02
-    step_size: float = 0.004
-    l2: float = 0.3
-    disc_weight: float = 0.0
-    ema_tau: float = 20.0
-    method: str = "sgld"
-    steps_per_frame: int = 1
+    temperature: float = KNOBS["temperature"].initial
+    step_size: float = KNOBS["step_size"].initial
+    l2: float = KNOBS["l2"].initial
+    disc_weight: float = KNOBS["disc_weight"].initial
+    ema_tau: float = KNOBS["ema_tau"].initial
+    method: str = METHODS[0]
+    steps_per_frame: int = int(KNOBS["steps_per_frame"].initial)
     display: str = "signed"
 
     def as_dict(self) -> dict[str, Any]:
@@ -478,7 +503,7 @@ class LiveSession:
                 self.sampler.reset()
                 if isinstance(self.sampler.method, Metropolis):
                     self.sampler.method.restart_adaptation()  # fresh chains: adapt the step again
-                self.sampler.ema = self.sampler.images().clone()
+                self.sampler.restart_average()
                 self.publish(self.frame())
         elif kind == "snapshot":
             self._snapshot()
@@ -500,7 +525,7 @@ class LiveSession:
             if not 0 <= int(unit) < units:
                 raise ValueError(f"{layer} has {units} units (0-{units - 1}), got {unit}")
             targets, n_targets = f"{layer}:{int(unit)}", 1
-        chains = max(1, min(int(p.get("chains") or 10), MAX_CHAINS // n_targets if n_targets > 1 else MAX_CHAINS))
+        chains = max(1, min(int(p.get("chains") or _START["chains"]), MAX_CHAINS // n_targets if n_targets > 1 else MAX_CHAINS))
         if entry is not self.entry:
             self.entry = entry
             self.model = copy.deepcopy(entry.model)  # the hooks of one session never reach another's
@@ -525,7 +550,7 @@ class LiveSession:
                                regularizers=regs, method=self.params.method, burn_in=0, ema_tau=self.params.ema_tau,
                                keep_samples=False, seed=int(p.get("seed") or 0), parameterization=param,
                                transforms=transforms)
-        self.sampler.ema = self.sampler.images().clone()
+        self.sampler.restart_average()
         self.acceptance = None
         self.target_desc = {"model": entry.name, "layer": layer, "unit": unit, "targets": targets, "chains": chains,
                             "n_targets": n_targets, "parameterization": p.get("parameterization") or "pixel",
@@ -542,8 +567,7 @@ class LiveSession:
             mode = "mix" if self.params.method == "paper" else "density"
             self.disc = Discriminator(real, weight=0.0, mode=mode, training=CriticTraining(every=10))
             if self.sampler is not None:
-                self.disc.bind(self.sampler.input_shape, self.sampler.device, self.sampler.dtype)
-                self.sampler.energy.regularizers.append(self.disc)
+                self.sampler.add_regularizer(self.disc)
         return self.disc
 
     def _set(self, p: dict[str, Any]) -> None:
@@ -676,11 +700,7 @@ class LiveSession:
             self.publish({"type": "recording", "on": False})
             return
         buf = io.BytesIO()
-        pal = []
-        for data in frames:
-            with Image.open(io.BytesIO(data)) as f:
-                pal.append(f.convert("P", palette=Image.ADAPTIVE) if f.mode == "RGB" else f.copy())
-        pal[0].save(buf, format="GIF", save_all=True, append_images=pal[1:], duration=66, loop=0)
+        save_gif([Image.open(io.BytesIO(data)) for data in frames], buf, fps=GIF_FPS)
         self.publish({"type": "gif", "data": base64.b64encode(buf.getvalue()).decode("ascii"), "frames": len(frames)})
 
 
@@ -706,8 +726,7 @@ def activation_maps(entry: ModelEntry, layer: str, x: torch.Tensor, max_units: i
     units = min(out.shape[0], max_units)
     spatial = li.spatial if len(li.spatial) == 2 else (1, 1)
     maps = out[:units].reshape(units, *spatial) if len(li.spatial) == 2 else out[:units].reshape(units, 1, 1)
-    peak = float(maps.abs().max()) or 1.0
-    a = np.clip(np.rint(maps.double().numpy() / peak * 127 + 128), 0, 255).astype(np.uint8)
+    a = signed_display(maps)  # one scale for all the maps
     tile = max(1, 32 // max(spatial)) if max(spatial) < 32 else 1
     ims = [Image.fromarray(m) for m in a]
     cols = int(math.ceil(math.sqrt(units)))

@@ -1,13 +1,7 @@
 // The live sampler page: pick a target, watch the chains, turn the knobs while they run.
 "use strict";
-const SLIDERS = {
-  temperature: { lo: 1e-4, hi: 10, log: true, init: 0.02 },
-  step_size: { lo: 1e-5, hi: 1, log: true, init: 0.004 },
-  l2: { lo: 1e-4, hi: 10, log: true, init: 0.3, zeroAtMin: true },
-  disc_weight: { lo: 0, hi: 1, log: false, init: 0 },
-  ema_tau: { lo: 1, hi: 500, log: true, init: 20 },
-  steps_per_frame: { lo: 1, hi: 100, log: true, int: true, init: 1 },
-};
+// The sliders' ranges, log flags and starting values come from the server (the hello's knobs).
+let SLIDERS = {};
 const $ = (id) => document.getElementById(id);
 const state = { models: [], paused: false, recording: false, frames: 0, last: null, trace: [], started: null, diverged: null };
 window.ldam = state;  // for the tests and the curious
@@ -78,6 +72,8 @@ function applyDefaults() {
 function onMessage(msg) {
   if (msg.type === "hello") {
     state.models = msg.models;
+    setupSliders(msg.knobs);
+    $("chains").max = msg.limits.chains;
     fillSelect($("model"), msg.models.map((m) => [m.name, m.name]), params.get("model"));
     fillLayers(params.get("layer"));
     if (params.get("unit") !== null) fillUnits(params.get("unit"));
@@ -182,8 +178,12 @@ $("unit-search").addEventListener("keydown", (ev) => {
 $("start").onclick = start;
 $("method").onchange = () => sendSet("method", $("method").value);
 $("display").onchange = () => sendSet("display", $("display").value);
-for (const [k, spec] of Object.entries(SLIDERS)) {
-  $(k).addEventListener("input", () => { const v = toValue(spec, Number($(k).value)); $(`${k}-value`).textContent = fmt(v); sendSet(k, v); showStability(); });
+function setupSliders(knobs) {
+  const fresh = Object.keys(knobs).filter((k) => !(k in SLIDERS));
+  SLIDERS = knobs;
+  for (const k of fresh) {
+    $(k).addEventListener("input", () => { const v = toValue(SLIDERS[k], Number($(k).value)); $(`${k}-value`).textContent = fmt(v); sendSet(k, v); showStability(); });
+  }
 }
 $("pause").onclick = () => { state.diverged = null; sock.send({ type: state.paused ? "resume" : "pause" }); };
 $("reset").onclick = () => { state.trace = []; state.diverged = null; sock.send({ type: "reset" }); };
