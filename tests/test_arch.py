@@ -301,7 +301,7 @@ def test_serve_passes_arch_to_the_loader_and_offers_only_the_named_models(tmp_pa
         models = {m["name"]: m for m in c.get("/api/models").json()["models"]}
         assert set(models) == {spec, "zoo:lenet-mnist"} and models[spec]["input_shape"] == [1, 28, 28]
         assert "conv1" in {layer["name"] for layer in models[spec]["layers"]}
-        with c.websocket_connect("/ws") as ws:
+        with c.websocket_connect("ws://localhost/ws") as ws:  # the Host a local browser sends
             ws.receive_json()  # hello
             ws.send_json({"type": "start", "model": str(tmp_path / "other.pt"), "layer": "output", "unit": 0})
             msg = ws.receive_json()
