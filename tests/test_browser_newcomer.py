@@ -6,48 +6,23 @@ Without a browser these tests skip with the reason; under ``LDAM_REQUIRE_BROWSER
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 
 import pytest
 
 from ldam.web.server import BackgroundServer, ServerConfig, create_app
 from ldam.web.session import ModelEntry
+from web_helpers import chromium
 
 MODEL = "zoo:lenet-mnist"
 IMAGENET = "zoo:efficientnet-lite0-imagenet"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 NO_BROKEN_IMAGES = "[...document.images].every((i) => i.hidden || i.offsetParent === null || i.naturalWidth > 0)"
-
-
-def chromium_path() -> str | None:
-    for name in (os.environ.get("LDAM_CHROMIUM"), "chromium", "chromium-browser"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("LDAM_REQUIRE_BROWSER") == "1":
-        pytest.fail(reason + " — LDAM_REQUIRE_BROWSER=1 forbids skipping")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
-    path = chromium_path()
-    if path is None:
-        _unavailable("no chromium executable: apt-get install chromium (or set LDAM_CHROMIUM)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

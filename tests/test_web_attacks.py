@@ -10,7 +10,6 @@ import json
 import socket
 import struct
 import threading
-import time
 import zlib
 
 import pytest
@@ -24,10 +23,9 @@ import ldam.web.session as session_mod  # noqa: E402
 from ldam.cli import main  # noqa: E402
 from ldam.web.server import BackgroundServer, ServerConfig, create_app, free_port, host_allowed  # noqa: E402
 from ldam.web.session import Busy, LiveSession, ModelEntry  # noqa: E402
+from web_helpers import LOCAL, WS, chromium, receive, wait_until  # noqa: E402
 
 MODEL = "zoo:lenet-mnist"
-LOCAL = "http://127.0.0.1:8765"
-WS = "ws://127.0.0.1:8765/ws"
 
 
 @pytest.fixture(scope="module")
@@ -35,26 +33,9 @@ def entries():
     return {MODEL: ModelEntry.load(MODEL, with_data=False)}
 
 
-def receive(ws, kind: str, limit: int = 2000) -> dict:
-    for _ in range(limit):
-        msg = ws.receive_json()
-        if msg["type"] == kind:
-            return msg
-    raise AssertionError(f"no {kind!r} message")
-
-
 def start(ws, unit=3, chains=4, **extra) -> dict:
     ws.send_json({"type": "start", "model": MODEL, "layer": "output", "unit": unit, "chains": chains, **extra})
     return receive(ws, "started")
-
-
-def wait_until(cond, timeout: float = 30.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:
@@ -466,30 +447,17 @@ def test_a_busy_port_is_one_line_and_exit_code_2(capsys):
 def test_a_token_server_works_in_a_real_browser(entries):
     """Item 7 in Chromium: the page is opened once with ?token=...; its scripts, styles and socket
     then authenticate with the cookie, and frames arrive on both pages."""
-    from test_browser import CHROMIUM_ARGS, _unavailable, chromium_path
-
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
-    path = chromium_path()
-    if path is None:
-        _unavailable("no chromium executable: apt-get install chromium (or set LDAM_CHROMIUM)")
     app = create_app(entries, ServerConfig(token="s3cret"))
-    with BackgroundServer(app) as srv, sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        try:
-            pg = b.new_context().new_page()
-            failed: list[str] = []
-            pg.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
-            pg.goto(srv.url + "/?token=s3cret")
-            pg.wait_for_function("window.ldam && window.ldam.frames >= 2", timeout=60_000)
-            pg.goto(srv.url + "/activations")  # no token in this URL at all
-            pg.wait_for_function("document.querySelectorAll('script').length > 0", timeout=30_000)
-            assert pg.evaluate("document.readyState") == "complete"
-            assert not failed, failed
-        finally:
-            b.close()
+    with BackgroundServer(app) as srv, chromium() as b:
+        pg = b.new_context().new_page()
+        failed: list[str] = []
+        pg.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+        pg.goto(srv.url + "/?token=s3cret")
+        pg.wait_for_function("window.ldam && window.ldam.frames >= 2", timeout=60_000)
+        pg.goto(srv.url + "/activations")  # no token in this URL at all
+        pg.wait_for_function("document.querySelectorAll('script').length > 0", timeout=30_000)
+        assert pg.evaluate("document.readyState") == "complete"
+        assert not failed, failed
 
 
 def test_a_corrupt_copy_is_named_not_reported_as_missing(monkeypatch):

@@ -25,10 +25,9 @@ from ldam.data import bundled, cifar10, mnist  # noqa: E402
 from ldam.errors import DataError  # noqa: E402
 from ldam.web.server import ServerConfig, create_app  # noqa: E402
 from ldam.web.session import ModelEntry, NormalizedImages, top_images  # noqa: E402
+from web_helpers import LOCAL, WS, receive  # noqa: E402
 
 MODEL = "zoo:lenet-mnist"
-LOCAL = "http://127.0.0.1:8765"
-WS = "ws://127.0.0.1:8765/ws"
 ROOT = Path(__file__).resolve().parents[1]
 # Per-class counts of the canonical sets (shared/data/MANIFEST.md), an independent reference.
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -41,14 +40,6 @@ def no_data(tmp_path, monkeypatch):
     monkeypatch.delenv("LDAM_DATA_DIR", raising=False)
     monkeypatch.setenv("LDAM_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
-
-
-def receive(ws, kind: str, limit: int = 2000) -> dict:
-    for _ in range(limit):
-        msg = ws.receive_json()
-        if msg["type"] == kind:
-            return msg
-    raise AssertionError(f"no {kind!r} message")
 
 
 # ---- the bundled subset ----------------------------------------------------------------------
