@@ -456,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"ldam {__version__}")
+    p.add_argument("--debug", action="store_true", help="on an error, show Python's traceback instead of one line")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("sample", help="sample inputs for one or more neurons",
@@ -541,12 +542,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LdamError as e:
+        if args.debug:
+            raise
         text = e.cli_message() if hasattr(e, "cli_message") else str(e)  # flags, not Python keywords
         print(f"ldam: error: {text}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"ldam: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # a value or a path the user gave
+        if args.debug:
+            raise
+        print(f"ldam: error: {e} (ldam --debug ... shows where)", file=sys.stderr)
         return 2
+    except (TypeError, AttributeError, NameError, AssertionError) as e:  # a bug: keep the traceback
+        if args.debug:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(f"ldam: internal error ({type(e).__name__}: {e}); the traceback above shows where. Please report it.",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("ldam: interrupted; the model is unchanged", file=sys.stderr)
         return 130

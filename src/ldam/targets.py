@@ -49,7 +49,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import ShapeError, TargetError
+from .errors import LdamError, ShapeError, TargetError
 
 OUTPUT = "output"
 _DENSE_SEED_LIMIT = 1 << 24
@@ -422,12 +422,18 @@ def probe_layers(
             calls2, out2 = probe.run(x2, track=True)
         with torch.no_grad():
             calls3, out3 = probe.run(_probe_input(3, input_shape, device, dtype), track=False)
-    except Exception as e:  # noqa: BLE001 - reported with its cause
+    except (RuntimeError, ValueError, IndexError) as e:  # what torch raises for a shape it cannot take
         raise ShapeError(
             f"the model rejects input shape {tuple(input_shape)} ({str(dtype).replace('torch.', '')} on "
             f"{device}): {type(e).__name__}: {e}. Pass the shape of one example without the batch "
             "dimension, e.g. (1, 28, 28) for MNIST or (3, 32, 32) for CIFAR-10"
-        ) from None
+        ) from e
+    except Exception as e:  # noqa: BLE001 - anything else is the model's own error, not the shape's
+        raise LdamError(
+            f"the model's forward raised {type(e).__name__}: {e} on a probe batch of shape "
+            f"{(2, *tuple(input_shape))}; that is an error inside the model's code, not a shape mismatch "
+            "(the traceback above shows where)"
+        ) from e
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -164,12 +164,11 @@ def load(name: str) -> tuple[nn.Module, ModelInfo]:
 def save_checkpoint(model: nn.Module, arch: str, path: str | Path, info: ModelInfo | None = None) -> Path:
     """Write ``{"arch", "state_dict", "meta"}``, the format :func:`load_checkpoint` reads (CPU tensors,
     wherever the model is)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..io import atomic_save
+
     meta = info.to_meta() if info is not None else {}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"arch": arch, "state_dict": state, "meta": meta}, path)
-    return path
+    return atomic_save({"arch": arch, "state_dict": state, "meta": meta}, path)  # never a half-written file
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelInfo]:
