@@ -27,3 +27,17 @@ def require_data(*relative: str) -> Path:
             pytest.fail(reason + " — LDAM_REQUIRE_DATA=1 forbids skipping")
         pytest.skip(reason)
     return root
+
+
+def require_module(name: str, reason: str = "the imagenet extra is not installed"):
+    """Import and return module ``name``; skip when it is missing, but fail under ``LDAM_REQUIRE_DATA=1``
+    (CI sets it: a broken optional install must not turn into a silent skip there)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        message = f"{reason}: cannot import {name} ({e})"
+        if os.environ.get("LDAM_REQUIRE_DATA") == "1":
+            pytest.fail(message + " — LDAM_REQUIRE_DATA=1 forbids skipping")
+        pytest.skip(message)

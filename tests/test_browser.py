@@ -103,16 +103,18 @@ def test_page_loads_and_frames_arrive(page, server):
 def test_temperature_slider_reaches_the_sampler_and_the_chains_respond(page, server):
     page.goto(server.url + "/")
     wait_frames(page, 5)
-    page.wait_for_timeout(1500)
+    # counted in sampler steps, not seconds: 40 steps at the start temperature, then 80 at T = 10
+    page.wait_for_function("window.ldam.last.t >= 40", timeout=60_000)
     cold = page.evaluate("window.ldam.trace.slice(-5).reduce((a, b) => a + b) / 5")
     t = slide(page, "temperature", 1000)
     assert t == 10.0
     (s,) = sessions(server)
     assert wait_until(lambda: s.sampler.temperature == 10.0)
     page.wait_for_function("window.ldam.last.params.temperature === 10")
+    t_hot = page.evaluate("window.ldam.last.t")
     # The SGLD drift is (ε/2T)·∇(f − λR): at T = 10 it is 500× weaker than at T = 0.02 and the
     # noise carries the chains out of their modes, so the mean activation falls.
-    page.wait_for_timeout(2500)
+    page.wait_for_function(f"window.ldam.last.t >= {t_hot + 80}", timeout=60_000)
     hot = page.evaluate("window.ldam.trace.slice(-5).reduce((a, b) => a + b) / 5")
     assert hot < cold - 1.0, (cold, hot)
 
@@ -138,12 +140,18 @@ def test_pause_stops_frames(page, server):
     wait_frames(page, 3)
     page.click("#pause")
     page.wait_for_function("window.ldam.paused === true")
-    page.wait_for_timeout(300)  # a frame in flight may still land
+    (s,) = sessions(server)
+    seq, t = s.seq, s.sampler.t  # the worker has paused: its last frame and step
+    # no clock: the frames still in flight land, and the last one is the one made at the pause
+    page.wait_for_function(f"window.ldam.last.seq === {seq}", timeout=30_000)
+    assert page.evaluate("window.ldam.last.t") == t
+    assert s.seq == seq and s.sampler.t == t  # meanwhile, no frame made and no step taken
     n = page.evaluate("window.ldam.frames")
-    page.wait_for_timeout(1000)
-    assert page.evaluate("window.ldam.frames") == n
     page.click("#pause")
     wait_frames(page, n + 3)
+    first = page.evaluate("window.ldam.last")
+    # after the resume, new frames from new steps
+    assert first["seq"] >= seq + 3 and first["t"] > t
 
 
 def test_snapshot_downloads_a_valid_png(page, server, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import shutil
 import tarfile
@@ -48,14 +49,25 @@ def test_real_cifar10_matches_the_published_array_hashes_and_counts():
 
 
 def test_a_corrupt_npz_is_named_with_its_checksum(tmp_path, monkeypatch):
-    root = require_data(NPZ[1])
+    # a small synthetic file in the real layout (HWC uint8 images, uint8 labels), its SHA-256 computed
+    # here as the expected one: the checksum logic runs with or without the real data
     (tmp_path / "cifar10").mkdir()
     p = tmp_path / "cifar10" / "cifar10_test_first1000.npz"
-    raw = bytearray((root / NPZ[1]).read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    p.write_bytes(bytes(raw))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 20, dtype=np.uint8)
+    np.savez(p, images=images, labels=labels)
+    monkeypatch.setitem(cifar10.NPZ, p.name, hashlib.sha256(p.read_bytes()).hexdigest())
     monkeypatch.setenv("LDAM_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("LDAM_CACHE_DIR", str(tmp_path / "cache"))
+    x, y = cifar10.load_cifar10("test", download_missing=False)  # intact: it loads, as written
+    np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), images)
+    np.testing.assert_array_equal(y.numpy(), labels)
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    # ldam memoizes checksums by (path, size, mtime): a same-size rewrite must look like a new file
+    os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
     with pytest.raises(DataError, match=rf"cifar10_test_first1000.npz is corrupt.*{cifar10.NPZ[p.name]}"):
         cifar10.load_cifar10("test", download_missing=False)
     p.write_bytes(bytes(raw[:1000]))  # truncated

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 
 import numpy as np
 import pytest
 
-from conftest import require_data
+from conftest import require_data, require_module
 from ldam.data import mnist
 from ldam.errors import DataError
 
@@ -41,20 +42,35 @@ def test_real_mnist_matches_the_published_checksums_and_counts(split, img, lab):
 
 @pytest.fixture
 def data_copy(tmp_path, monkeypatch):
-    root = require_data(*(f"mnist/{f}" for f in FILES))
-    (tmp_path / "data" / "mnist").mkdir(parents=True)
-    for f in FILES[2:]:
-        shutil.copy(root / "mnist" / f, tmp_path / "data" / "mnist" / f)
+    """Small synthetic MNIST test files (60 random images and labels, real idx/gzip format) in a data
+    folder, with their SHA-256 (computed here) as the expected checksums: the checksum, cache and
+    download logic runs everywhere, with or without the real data."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    images = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 60, dtype=np.uint8)
+    for name, arr, magic in ((FILES[2], images, 0x803), (FILES[3], labels, 0x801)):
+        (folder / name).write_bytes(gzip.compress(idx_bytes(arr, magic), mtime=0))
+        monkeypatch.setitem(mnist.MNIST_FILES, name, hashlib.sha256((folder / name).read_bytes()).hexdigest())
     monkeypatch.setenv("LDAM_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LDAM_CACHE_DIR", str(tmp_path / "cache"))
+    np.savez(tmp_path / "arrays.npz", images=images, labels=labels)
     return tmp_path
 
 
 def test_a_corrupt_file_is_named_with_its_checksum(data_copy):
+    # the intact files load, as written
+    x, y = mnist.load_mnist("test", download_missing=False)
+    want = np.load(data_copy / "arrays.npz")
+    np.testing.assert_array_equal(x.numpy(), want["images"])
+    np.testing.assert_array_equal(y.numpy(), want["labels"])
     p = data_copy / "data" / "mnist" / FILES[2]
     raw = bytearray(p.read_bytes())
     raw[5000] ^= 0xFF
     p.write_bytes(bytes(raw))
+    # ldam memoizes checksums by (path, size, mtime): a same-size rewrite must look like a new file
+    os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
     with pytest.raises(DataError, match=rf"{FILES[2]} is corrupt.*does not match the expected {mnist.MNIST_FILES[FILES[2]]}"):
         mnist.load_mnist("test")
 
@@ -97,7 +113,7 @@ def test_download_verifies_the_checksum_and_never_leaves_partial_files(data_copy
 
 
 def test_sample_photos_are_the_scikit_image_files():
-    pytest.importorskip("skimage", reason="the imagenet extra is not installed")
+    require_module("skimage")
     import skimage.data
 
     from ldam.data import load_photo, photo_names

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import require_data
+from conftest import require_data, require_module
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {
@@ -36,7 +36,7 @@ def test_reproduction_runs_in_reduced_mode(name, tmp_path):
     if needs:
         require_data(*needs)
     if name in ("imagenet", "priors"):
-        pytest.importorskip("efficientnet_lite_pytorch", reason="the imagenet extra is not installed")
+        require_module("efficientnet_lite_pytorch")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), "--quick", "--out", str(tmp_path),
                            "--threads", "1"], capture_output=True, text=True, env=env, timeout=600)
