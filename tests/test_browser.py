@@ -6,9 +6,6 @@ they fail instead.
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
 
 import pytest
 import torch
@@ -16,38 +13,13 @@ from PIL import Image
 
 from ldam.web.server import BackgroundServer, ServerConfig, create_app
 from ldam.web.session import ModelEntry
+from web_helpers import chromium, wait_until
 
 MODEL = "zoo:lenet-mnist"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str | None:
-    for name in (os.environ.get("LDAM_CHROMIUM"), "chromium", "chromium-browser"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("LDAM_REQUIRE_BROWSER") == "1":
-        pytest.fail(reason + " — LDAM_REQUIRE_BROWSER=1 forbids skipping")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
-    path = chromium_path()
-    if path is None:
-        _unavailable("no chromium executable: apt-get install chromium (or set LDAM_CHROMIUM)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +53,6 @@ def slide(pg, name: str, position: int) -> float:
     """Move slider ``name`` to ``position`` (0-1000) as a user would; return the value it shows."""
     pg.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", position)
     return float(pg.inner_text(f"#{name}-value"))
-
-
-def wait_until(cond, timeout: float = 10.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def test_page_loads_and_frames_arrive(page, server):
