@@ -480,3 +480,26 @@ def test_a_corrupt_copy_is_named_not_reported_as_missing(monkeypatch):
     assert entry.data_source == "missing" and not entry.has_data
     note = entry.data_note()
     assert "No mnist images" in note and "4567" in note and "mnist-test.npy.gz is corrupt" in note
+
+
+def test_the_hello_lists_every_method_of_the_core_once(entries):
+    """The page builds its method menu, names and stability formulas from the hello: one list, the core's."""
+    from ldam.samplers import METHODS
+
+    app = create_app(entries, ServerConfig())
+    with TestClient(app, base_url=LOCAL) as c, c.websocket_connect(WS) as ws:
+        hello = receive(ws, "hello")
+    assert [m["value"] for m in hello["methods"]] == list(METHODS)
+    bounds = {m["value"]: m["bound"] for m in hello["methods"]}
+    # a formula is shown exactly for the methods that have a stability bound on the L2 term
+    import ldam.samplers as smp
+
+    for name in METHODS:  # Metropolis methods reject overshooting moves; ascent has no noise to be stable with
+        method = smp.make_method(name)
+        has = not isinstance(method, (smp.Metropolis, smp.Ascent))
+        assert (bounds[name] is not None) == has, name
+    # the formulas shown are the ones stable_step computes (T = 0.5, λ = 2)
+    assert bounds["sgld"] == "4T/λ" and smp.make_method("sgld").stable_step(2.0, 0.5) == 4 * 0.5 / 2
+    mu = smp.make_method("paper").momentum
+    assert bounds["paper"] == "(1+μ)/(λ(1−μ))"
+    assert smp.make_method("paper").stable_step(2.0, 0.5) == pytest.approx((1 + mu) / (2 * (1 - mu)))

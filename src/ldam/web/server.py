@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..errors import LdamError
 from .protocol import MAX_UPLOAD, Ack, Activations, ProtocolError, Record, Set, Simple, Start, Top, parse, short
-from .session import KNOBS, MAX_CHAINS, LiveSession, ModelEntry, activation_maps, top_images
+from .session import KNOBS, MAX_CHAINS, LiveSession, ModelEntry, activation_maps, method_menu, top_images
 
 if TYPE_CHECKING:
     import socket
@@ -399,7 +399,7 @@ async def _connection(ws: WebSocket, entries: dict[str, ModelEntry], cfg: Server
     tasks = [asyncio.create_task(c()) for c in (sender, receiver, watchdog)]
     publish({"type": "hello", "models": [e.describe() for e in entries.values()],
              "limits": {"chains": MAX_CHAINS, "upload_bytes": MAX_UPLOAD},
-             "knobs": {name: knob.slider() for name, knob in KNOBS.items()}})
+             "knobs": {name: knob.slider() for name, knob in KNOBS.items()}, "methods": method_menu()})
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -78,6 +78,23 @@ RANGES: dict[str, tuple[float, float, bool]] = {k: (v.low, v.high, v.log) for k,
 #: Knobs after whose change a Metropolis method adapts its step again (they change the density or ε).
 ADAPT_AGAIN = ("temperature", "step_size", "l2", "disc_weight")
 METHODS = tuple(SAMPLER_METHODS)
+#: How the page names each method: (short name, menu label, the stability bound's formula or None).
+METHOD_LABELS: dict[str, tuple[str, str, str | None]] = {
+    "sgld": ("SGLD", "SGLD", "4T/λ"),
+    "mala": ("MALA", "MALA (exact)", None),
+    "pmala": ("pMALA", "pMALA (exact, preconditioned)", None),
+    "hmc": ("HMC", "HMC (exact)", None),
+    "psgld": ("pSGLD", "pSGLD", "4T/(λ·max G)"),
+    "paper": ("the paper's update", "paper (authors')", "(1+μ)/(λ(1−μ))"),
+    "ascent": ("gradient ascent", "gradient ascent (Adam, no noise)", None),
+}
+assert set(METHOD_LABELS) == set(METHODS), "every method needs a label for the page"
+
+
+def method_menu() -> list[dict[str, Any]]:
+    """The methods as the page lists them (sent in the hello message)."""
+    return [{"value": m, "name": METHOD_LABELS[m][0], "label": METHOD_LABELS[m][1], "bound": METHOD_LABELS[m][2]}
+            for m in METHODS]
 PARAMETERIZATIONS = ("pixel", "spectral")
 MAX_CHAINS = 100
 TRACE_KEEP = 2000

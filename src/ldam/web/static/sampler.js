@@ -73,6 +73,8 @@ function onMessage(msg) {
   if (msg.type === "hello") {
     state.models = msg.models;
     setupSliders(msg.knobs);
+    for (const m of msg.methods) { METHOD_NAMES[m.value] = m.name; if (m.bound) BOUNDS[m.value] = m.bound; }
+    fillSelect($("method"), msg.methods.map((m) => [m.value, m.label]), $("method").value || "sgld");
     $("chains").max = msg.limits.chains;
     fillSelect($("model"), msg.models.map((m) => [m.name, m.name]), params.get("model"));
     fillLayers(params.get("layer"));
@@ -122,8 +124,7 @@ function showNumbers(f) {
   $("numbers").innerHTML = parts.join(" · ");
 }
 // Where each method's bound comes from (ldam.samplers: stable_step), for the note under the step slider.
-const BOUNDS = { sgld: "4T/λ", psgld: "4T/(λ·max G)", paper: "(1+μ)/(λ(1−μ))" };
-const METHOD_NAMES = { sgld: "SGLD", psgld: "pSGLD", paper: "the paper's update", mala: "MALA", pmala: "pMALA", hmc: "HMC", ascent: "gradient ascent" };
+const BOUNDS = {}, METHOD_NAMES = {};  // filled from the hello message (the server's one list)
 function showStability() {
   const el = $("stability"), f = state.last;
   el.className = "note";
