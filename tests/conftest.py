@@ -41,3 +41,25 @@ def require_module(name: str, reason: str = "the imagenet extra is not installed
         if os.environ.get("LDAM_REQUIRE_DATA") == "1":
             pytest.fail(message + " — LDAM_REQUIRE_DATA=1 forbids skipping")
         pytest.skip(message)
+
+
+def integrated_autocorrelation_time(s) -> float:
+    """τ_int of ``s`` [chains, steps, dims] (numpy): 1 + 2 Σ ρ_k, summed until ρ_k first drops below
+    0.05; ``chains·steps / τ_int`` is then the number of effectively independent samples."""
+    c = s - s.mean(1, keepdims=True)
+    var, tau = (c * c).mean(), 1.0
+    for k in range(1, s.shape[1] // 3):
+        rho = (c[:, k:] * c[:, :-k]).mean() / var
+        if rho < 0.05:
+            break
+        tau += 2 * rho
+    return tau
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module (Debian's executable; see web_helpers.chromium)."""
+    from web_helpers import chromium
+
+    with chromium() as b:
+        yield b

@@ -13,15 +13,9 @@ from PIL import Image
 
 from ldam.web.server import BackgroundServer, ServerConfig, create_app
 from ldam.web.session import ModelEntry
-from web_helpers import chromium, wait_until
+from web_helpers import slide, wait_frames, wait_until
 
 MODEL = "zoo:lenet-mnist"
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
-
-
 @pytest.fixture(scope="module")
 def server():
     entries = {MODEL: ModelEntry.load(MODEL, with_data=False)}
@@ -43,16 +37,6 @@ def page(browser, server):
 
 def sessions(server) -> list:
     return list(server.app.state.sessions)
-
-
-def wait_frames(pg, n: int, timeout: float = 30_000) -> None:
-    pg.wait_for_function(f"window.ldam && window.ldam.frames >= {n}", timeout=timeout)
-
-
-def slide(pg, name: str, position: int) -> float:
-    """Move slider ``name`` to ``position`` (0-1000) as a user would; return the value it shows."""
-    pg.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", position)
-    return float(pg.inner_text(f"#{name}-value"))
 
 
 def test_page_loads_and_frames_arrive(page, server):

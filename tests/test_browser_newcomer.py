@@ -12,17 +12,11 @@ import pytest
 
 from ldam.web.server import BackgroundServer, ServerConfig, create_app
 from ldam.web.session import ModelEntry
-from web_helpers import chromium
+from web_helpers import slide, wait_frames
 
 MODEL = "zoo:lenet-mnist"
 IMAGENET = "zoo:efficientnet-lite0-imagenet"
 NO_BROKEN_IMAGES = "[...document.images].every((i) => i.hidden || i.offsetParent === null || i.naturalWidth > 0)"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +48,6 @@ def page(browser):
     yield pg
     context.close()
     assert not errors, errors
-
-
-def wait_frames(pg, n: int, timeout: float = 60_000) -> None:
-    pg.wait_for_function(f"window.ldam && window.ldam.frames >= {n}", timeout=timeout)
-
-
-def slide(pg, name: str, position: int) -> float:
-    pg.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", position)
-    return float(pg.inner_text(f"#{name}-value"))
 
 
 def test_without_data_the_sampler_page_works_and_says_what_is_missing(page, server):

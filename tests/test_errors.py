@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import ldam
+from conftest import integrated_autocorrelation_time
 from models import LinearNeuron, SmallConvNet
 
 
@@ -35,19 +36,6 @@ def test_divergence_suggests_a_smaller_step():
                     regularizers=[ldam.L2(10.0)])
 
 
-def _integrated_autocorrelation_time(s: np.ndarray) -> float:
-    """τ_int of ``s`` [chains, steps, dims]: 1 + 2 Σ ρ_k, summed until ρ_k first drops below 0.05."""
-    c = s - s.mean(1, keepdims=True)
-    var = (c * c).mean()
-    tau = 1.0
-    for k in range(1, s.shape[1] // 3):
-        rho = (c[:, k:] * c[:, :-k]).mean() / var
-        if rho < 0.05:
-            break
-        tau += 2 * rho
-    return tau
-
-
 def test_mala_does_not_diverge_at_the_same_step():
     # f(x) = Σx with L2(λ=10), T=1: p = N(w/λ, (T/λ) I) = N(0.1, 0.1) in each of the 16 pixels
     m = LinearNeuron(torch.ones(1, 4, 4))
@@ -61,7 +49,7 @@ def test_mala_does_not_diverge_at_the_same_step():
     assert ((acc > 0.2) & (acc <= 1.0)).all(), acc
     # and it samples the Gaussian: mean and variance within 5 standard errors, the standard errors
     # from the number of effectively independent samples (N / τ_int)
-    n_eff = s.size / _integrated_autocorrelation_time(s)
+    n_eff = s.size / integrated_autocorrelation_time(s)
     mu, var = 0.1, 0.1
     assert abs(s.mean() - mu) < 5 * math.sqrt(var / n_eff), (s.mean(), n_eff)
     assert abs(s.var() / var - 1) < 5 * math.sqrt(2 / n_eff), (s.var(), n_eff)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ldam
+from conftest import integrated_autocorrelation_time
 from ldam.samplers import ChainNoise, chain_seeds
 from models import LinearNeuron, Mixture, SmallConvNet
 
@@ -132,18 +133,6 @@ def _truncated_normal_moments(mu: float, sd: float, a: float, b: float) -> tuple
     return mu + sd * r, sd * sd * (1 + (al * phi(al) - be * phi(be)) / z - r * r)
 
 
-def _tau_int(s: np.ndarray) -> float:
-    """Integrated autocorrelation time of [chains, steps, dims], summed until ρ_k < 0.05."""
-    c = s - s.mean(1, keepdims=True)
-    var, tau = (c * c).mean(), 1.0
-    for k in range(1, s.shape[1] // 3):
-        rho = (c[:, k:] * c[:, :-k]).mean() / var
-        if rho < 0.05:
-            break
-        tau += 2 * rho
-    return tau
-
-
 def test_box_reflection_keeps_chains_inside_and_mala_rejects_outside():
     lo, hi, lam = -0.5, 0.25, 1.0
     runs = {}
@@ -159,7 +148,7 @@ def test_box_reflection_keeps_chains_inside_and_mala_rejects_outside():
     res_mala = runs["mala"]
     s = res_mala.samples.double().flatten(2).numpy()  # [chains, kept, 9]
     std = (s - ref[:, 0]) / np.sqrt(ref[:, 1])
-    n_eff = s.shape[0] * s.shape[1] / _tau_int(std)  # effectively independent samples per pixel
+    n_eff = s.shape[0] * s.shape[1] / integrated_autocorrelation_time(std)  # effectively independent samples per pixel
     kurt = (std**4).mean((0, 1))  # the fourth standardized moment: se(var)/var = sqrt((κ − 1)/n)
     z_mean = (s.mean((0, 1)) - ref[:, 0]) / np.sqrt(ref[:, 1] / n_eff)
     z_var = (s.var((0, 1)) / ref[:, 1] - 1) / np.sqrt((kurt - 1) / n_eff)

@@ -66,3 +66,14 @@ def chromium() -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+def wait_frames(pg: Any, n: int, timeout: float = 60_000) -> None:
+    """Wait until the page has shown ``n`` frames (``window.ldam.frames``)."""
+    pg.wait_for_function(f"window.ldam && window.ldam.frames >= {n}", timeout=timeout)
+
+
+def slide(pg: Any, name: str, position: int) -> float:
+    """Move slider ``name`` to ``position`` (0-1000) as a user would; return the value it shows."""
+    pg.eval_on_selector(f"#{name}", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", position)
+    return float(pg.inner_text(f"#{name}-value"))
