@@ -39,17 +39,6 @@ def imagenet_server():
         yield srv
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    context.close()
-    assert not errors, errors
-
-
 def test_without_data_the_sampler_page_works_and_says_what_is_missing(page, server):
     page.goto(server.url + "/")
     wait_frames(page, 3)

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request, WebSocket
@@ -31,9 +31,6 @@ from PIL import Image
 from ..errors import LdamError
 from .protocol import MAX_UPLOAD, Ack, Activations, ProtocolError, Record, Set, Simple, Start, Top, parse, short
 from .session import KNOBS, MAX_CHAINS, LiveSession, ModelEntry, activation_maps, method_menu, top_images
-
-if TYPE_CHECKING:
-    import socket
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_PORT = 8765
@@ -439,18 +436,14 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
     import uvicorn
 
     cfg = cfg or ServerConfig()
-    sock = bind_socket(cfg.host, cfg.port)  # first: a busy port is one clear line, before any model loads
-    try:
-        if isinstance(models, dict):
-            entries = dict(models)
-        else:
-            from ..device import resolve_device
+    check_port(cfg.host, cfg.port)  # first: a busy port is one clear line, before any model loads
+    if isinstance(models, dict):
+        entries = dict(models)
+    else:
+        from ..device import resolve_device
 
-            entries = load_entries(models, with_data=with_data,
-                                   device=None if device is None else resolve_device(device), **options)
-    except BaseException:
-        sock.close()
-        raise
+        entries = load_entries(models, with_data=with_data,
+                               device=None if device is None else resolve_device(device), **options)
     app = create_app(entries, cfg)
     token = f"?token={cfg.token}" if cfg.token else ""
     for name, e in entries.items():
@@ -459,31 +452,27 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
     where = ", ".join(sorted({str(e.device) for e in entries.values()}))
     print(f"ldam serve: {', '.join(entries)} (on {where}) on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)",
           flush=True)
-    sock.close()  # the probe's work is done; uvicorn binds the same address at once
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
                 ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20)
 
 
-def bind_socket(host: str, port: int) -> "socket.socket":
-    """A listening socket on ``host:port``, or an :class:`LdamError` that names the fix."""
+def check_port(host: str, port: int) -> None:
+    """Raise an :class:`LdamError` that names the fix when ``host:port`` cannot be bound (a probe:
+    the socket is closed at once and uvicorn binds the address itself)."""
     import errno
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise LdamError(f"port {port} is in use; pass --port (e.g. --port {port + 1})") from None
-        if e.errno == errno.EADDRNOTAVAIL or isinstance(e, socket.gaierror):
-            raise LdamError(f"cannot listen on {host}: no such address on this machine; pass --host") from None
-        raise LdamError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise LdamError(f"port {port} is in use; pass --port (e.g. --port {port + 1})") from None
+            if e.errno == errno.EADDRNOTAVAIL or isinstance(e, socket.gaierror):
+                raise LdamError(f"cannot listen on {host}: no such address on this machine; pass --host") from None
+            raise LdamError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def new_token() -> str:
