@@ -214,3 +214,17 @@ def test_reset_restarts_the_chains_and_the_history():
     assert not torch.allclose(s.x, before)
     s.run(10)
     assert s.burned_in and s.samples.shape[1] == 5
+
+
+def test_run_stops_before_the_step_its_stop_callable_refuses():
+    """``run(n, stop=...)`` asks before every step (the live UI ends a frame within one step this way)
+    and the trace holds exactly the steps taken."""
+    from models import LinearNeuron
+
+    s = ldam.Sampler(LinearNeuron(torch.ones(1, 4, 4)), "output:0", (1, 4, 4), chains=2, burn_in=0,
+                     regularizers=[ldam.L2(1.0)], seed=0)
+    asked = []
+    s.run(10, stop=lambda: asked.append(s.t) or s.t >= 3)
+    assert s.t == 3 and asked == [0, 1, 2, 3] and len(s.activations) == 3
+    s.run(2)
+    assert s.t == 5

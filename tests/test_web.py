@@ -346,7 +346,8 @@ def test_the_discriminator_slider_adds_an_online_critic_that_follows_the_method(
             def gap(critic):
                 return float(torch.sigmoid(critic(real)).mean() - torch.sigmoid(critic(chains)).mean())
             trained, untrained = gap(disc.critic), gap(fresh)
-        assert trained > 0.5 and abs(untrained) < 0.2, (trained, untrained)
+        # measured 0.48-0.85 trained (depends on where the pause lands) against |0.004| untrained
+        assert trained > 0.3 and abs(untrained) < 0.1, (trained, untrained)
         ws.send_json({"type": "resume"})
         ws.send_json({"type": "set", "method": "mala"})
         assert any(receive(ws, "frame")["params"]["method"] == "mala" for _ in range(200))
@@ -383,7 +384,7 @@ def test_a_failing_step_pauses_the_session_with_the_reason_and_it_recovers(entri
         sampler = session.sampler
         real_run = sampler.run
 
-        def broken(steps=1):  # one step fails the way a bad model would
+        def broken(steps=1, stop=None):  # one step fails the way a bad model would
             sampler.run = real_run
             raise RuntimeError("boom inside forward")
 

@@ -12,7 +12,7 @@ import math
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -355,8 +355,10 @@ class Sampler:
             finally:
                 self._attached = False
 
-    def run(self, steps: int = 1) -> StepInfo | None:
-        """Advance every chain ``steps`` steps. Returns the last step's :class:`StepInfo`."""
+    def run(self, steps: int = 1, stop: Callable[[], bool] | None = None) -> StepInfo | None:
+        """Advance every chain ``steps`` steps, or fewer when ``stop()`` (asked before each step)
+        says so; the chains are checked for divergence once, at the end. Returns the last step's
+        :class:`StepInfo`."""
         info = None
         with self.attached(), torch.no_grad():
             if not self._began:
@@ -365,6 +367,8 @@ class Sampler:
                     cb.on_begin(self)
             try:
                 for i in range(steps):
+                    if stop is not None and stop():
+                        break
                     info = self._step(describe=bool(self.callbacks) or i == steps - 1)
             finally:
                 self._check()

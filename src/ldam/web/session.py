@@ -471,16 +471,13 @@ class LiveSession:
                 self._stop.wait(wait)
             last = time.perf_counter()
             try:
-                s, done = self.sampler, 0
-                with s.attached():
-                    for _ in range(self.params.steps_per_frame):
-                        if self._stop.is_set() or self._interrupt.is_set():
-                            break  # a control or stop takes effect within one step
-                        s.run(1)
-                        done += 1
+                s = self.sampler
+                t0 = s.t
+                # a control or a stop takes effect within one step; one divergence check per frame
+                s.run(self.params.steps_per_frame, stop=lambda: self._stop.is_set() or self._interrupt.is_set())
                 if self._stop.is_set():
                     break
-                if done == 0:
+                if s.t == t0:
                     continue  # nothing moved: apply the control first
                 if len(s.activations) > 2 * TRACE_KEEP:
                     s.forget_trace(TRACE_KEEP)
