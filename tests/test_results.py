@@ -107,3 +107,76 @@ def test_gif_recorder_and_progress_callbacks(tmp_path):
     assert events == ["begin", *range(20), "end"]
     with Image.open(tmp_path / "rec.gif") as im:
         assert im.n_frames == 4
+
+
+class _Events(ldam.Callback):
+    def __init__(self, fail_on_end: bool = False):
+        self.events: list = []
+        self.fail_on_end = fail_on_end
+
+    def on_begin(self, s):
+        self.events.append("begin")
+
+    def on_end(self, s, r):
+        self.events.append("end" if r is not None else "end:error")
+        if self.fail_on_end:
+            raise RuntimeError("on_end broke")
+
+
+def test_on_end_runs_once_after_a_divergence_and_the_divergence_is_what_is_raised(tmp_path):
+    from models import LinearNeuron
+
+    log, broken = _Events(), _Events(fail_on_end=True)
+    gif = ldam.GifRecorder(tmp_path / "to_divergence.gif", every=1, what="state")
+    bar = ldam.ProgressBar(total=200, disable=True)
+    with pytest.warns(UserWarning, match="_Events.on_end failed while the run stopped.*on_end broke"):
+        with pytest.raises(ldam.DivergenceError):
+            ldam.sample(LinearNeuron(torch.ones(1, 4, 4)), "output:0", input_shape=(1, 4, 4), steps=200, burn_in=0,
+                        step_size=10.0, regularizers=[ldam.L2(10.0)], callbacks=[broken, log, gif, bar])
+    assert log.events == ["begin", "end:error"] and broken.events == ["begin", "end:error"]
+    assert bar.bar is None  # the bar was closed
+    # the GIF of the steps before the error is written: the check after step 9 (every 10 steps) raises
+    # before that step's callbacks, so steps 0-8 were recorded
+    with Image.open(tmp_path / "to_divergence.gif") as im:
+        assert im.n_frames == len(gif.frames) == 9
+
+
+def test_a_streaming_sampler_ends_its_callbacks_once_per_run():
+    log = _Events()
+    with ldam.Sampler(SmallConvNet(), "fc:0", input_shape=(1, 12, 12), chains=2, callbacks=[log]) as s:
+        s.run(3)
+        s.run(2)  # the same run: no second begin
+        s.result()
+        s.result()  # already ended: no second end
+        s.run(1)  # a new run after the result
+    assert log.events == ["begin", "end", "begin", "end:error"]
+
+
+def test_gif_recorder_reads_only_the_step_info(tmp_path):
+    # Callbacks never need the Sampler: the recorder works from StepInfo alone (sampler=None).
+    rec = ldam.GifRecorder(tmp_path / "info.gif", every=1, what="auto", display="pixel", mean=[0.0], std=[1.0])
+    state = torch.rand(6, 1, 4, 4)
+    ema = torch.rand(6, 1, 4, 4)
+    for t, e in enumerate([None, ema]):
+        rec.on_step(None, ldam.StepInfo(t, torch.zeros(6), 1.0, 0.1, e is not None, {}, chains=3,
+                                        images=lambda: state, ema=e))
+    rec.on_end(None, None)
+    with Image.open(tmp_path / "info.gif") as im:
+        assert im.n_frames == 2
+    # frame 0 is the state (burn-in), frame 1 the moving average; each differs from the other's picture
+    from ldam.render import batch_grid
+
+    for frame, x, other in [(rec.frames[0], state, ema), (rec.frames[1], ema, state)]:
+        assert np.array_equal(np.asarray(frame), np.asarray(batch_grid(x, 3, "pixel", zoom=1, mean=[0.0], std=[1.0])))
+        assert not np.array_equal(np.asarray(frame), np.asarray(batch_grid(other, 3, "pixel", zoom=1, mean=[0.0], std=[1.0])))
+
+
+def test_callbacks_module_does_not_import_the_sampler():
+    import ast
+    import inspect
+
+    import ldam.callbacks as cbmod
+
+    tree = ast.parse(inspect.getsource(cbmod))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "sampler" not in imported and "Sampler" not in inspect.getsource(cbmod)

@@ -11,14 +11,13 @@ import hashlib
 import math
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .burnin import AutoBurnIn, BurnIn, make_burn_in
-from .callbacks import Callback
+from .callbacks import Callback, StepInfo
 from .energy import L2, Energy, Regularizer
 from .errors import DivergenceError, LdamError, NonFiniteActivationError, PrecisionNote, ShapeError
 from .guard import model_guard
@@ -30,16 +29,15 @@ from .targets import Target, TargetSet, _model_device, _model_dtype, probe_layer
 from .transforms import Transform, Transformed
 
 
-@dataclass
-class StepInfo:
-    """What callbacks see after each step."""
-
-    t: int
-    activation: torch.Tensor
-    temperature: float
-    step_size: float
-    burned_in: bool
-    stats: dict[str, float]
+def _check_arguments(model: Any, chains: int, thin: int, ema_tau: float | None) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if chains < 1:
+        raise ValueError(f"chains must be >= 1, got {chains}")
+    if thin < 1:
+        raise ValueError(f"thin must be >= 1, got {thin}")
+    if ema_tau is not None and ema_tau < 1:
+        raise ValueError(f"ema_tau must be >= 1 step (or None), got {ema_tau}")
 
 
 def _describe(v: Any) -> Any:
@@ -133,47 +131,13 @@ class Sampler:
         transforms: Sequence[Transform] = (),
         transform_draws: int = 1,
     ):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if chains < 1:
-            raise ValueError(f"chains must be >= 1, got {chains}")
-        if thin < 1:
-            raise ValueError(f"thin must be >= 1, got {thin}")
-        if ema_tau is not None and ema_tau < 1:
-            raise ValueError(f"ema_tau must be >= 1 step (or None), got {ema_tau}")
-        self.input_shape = tuple(int(s) for s in input_shape)
-        if not self.input_shape:
-            raise ShapeError("input_shape must give at least one dimension, e.g. (1, 28, 28) or (2, 128)")
+        _check_arguments(model, chains, thin, ema_tau)
         self.model = model
-        self.device = _model_device(model)
-        self.model_dtype = _model_dtype(model)
-        # Chains live in the model's dtype, except for half precision, where they stay in float32
-        # (small Langevin steps vanish in bfloat16's 8-bit mantissa) and are cast for each forward.
-        self.dtype = self.model_dtype if self.model_dtype in (torch.float32, torch.float64) else torch.float32
-        if self.dtype != self.model_dtype:
-            warnings.warn(
-                f"the model runs in {str(self.model_dtype).replace('torch.', '')}: the chains are kept in float32 "
-                "and cast to the model's dtype for each forward pass", PrecisionNote, stacklevel=2,
-            )
-        with model_guard(model):
-            self.layers = probe_layers(model, self.input_shape, self.device, self.model_dtype, unit_axes)
-            self.target_set: TargetSet = resolve(model, targets, self.input_shape, chains, self.layers,
-                                                 amp=amp).to(self.device)
-        self.targets = self.target_set.targets
         self.chains = chains
+        self._setup_precision(model)
+        self._setup_targets(model, targets, input_shape, amp, unit_axes)
         keys = chain_seeds(seed, self.target_set.describe(), chains)
-        self.transforms = list(transforms)
-        measured = Transformed(self.target_set, self.transforms, keys, transform_draws) if self.transforms else self.target_set
-        self.energy: Energy = Energy(measured, regularizers)
-        for r in self.energy.regularizers:
-            r.bind(self.input_shape, self.device, self.dtype)
-        self.parameterization = parameterization
-        self.state_shape = self.input_shape
-        if parameterization is not None:
-            if not isinstance(parameterization, Parameterization):
-                raise TypeError(f"parameterization must be a value such as ldam.Spectral(), got {parameterization!r}")
-            self.state_shape = tuple(parameterization.bind(self.input_shape, self.device, self.dtype))
-            self.energy = LatentEnergy(self.energy, parameterization)
+        self._setup_energy(regularizers, parameterization, transforms, transform_draws, keys)
         self.method = make_method(method)
         self._check_mix(self.method)
         self.step_size: Schedule = step_size
@@ -211,10 +175,56 @@ class Sampler:
             "torch": torch.__version__,
         }
         self.noise = make_noise(noise, self.device)(keys, self.state_shape, self.device, self.dtype)
+        self._setup_state(init, init_scale)
+
+    def _setup_precision(self, model: nn.Module) -> None:
+        """The device and the chains' dtype: the model's float32/float64, or float32 for a half-precision
+        model (small Langevin steps vanish in bfloat16's 8-bit mantissa), cast for each forward."""
+        self.device = _model_device(model)
+        self.model_dtype = _model_dtype(model)
+        self.dtype = self.model_dtype if self.model_dtype in (torch.float32, torch.float64) else torch.float32
+        if self.dtype != self.model_dtype:
+            warnings.warn(
+                f"the model runs in {str(self.model_dtype).replace('torch.', '')}: the chains are kept in float32 "
+                "and cast to the model's dtype for each forward pass", PrecisionNote, stacklevel=3,
+            )
+
+    def _setup_targets(self, model: nn.Module, targets: Any, input_shape: Sequence[int], amp: str | None,
+                       unit_axes: Mapping[str, str | int] | None) -> None:
+        """Probe the model's layers once (under the guard) and resolve the targets on them."""
+        self.input_shape = tuple(int(s) for s in input_shape)
+        if not self.input_shape:
+            raise ShapeError("input_shape must give at least one dimension, e.g. (1, 28, 28) or (2, 128)")
+        with model_guard(model):
+            self.layers = probe_layers(model, self.input_shape, self.device, self.model_dtype, unit_axes)
+            self.target_set: TargetSet = resolve(model, targets, self.input_shape, self.chains, self.layers,
+                                                 amp=amp).to(self.device)
+        self.targets = self.target_set.targets
+
+    def _setup_energy(self, regularizers: Sequence[Regularizer], parameterization: Parameterization | None,
+                      transforms: Sequence[Transform], transform_draws: int, keys: Sequence[int]) -> None:
+        """The energy ``−log p``: the (transformed) activation and the regularizers, bound to the
+        chains' shape, and wrapped in the parameterization's latent when there is one."""
+        self.transforms = list(transforms)
+        measured = Transformed(self.target_set, self.transforms, keys, transform_draws) if self.transforms else self.target_set
+        self.energy: Energy = Energy(measured, regularizers)
+        for r in self.energy.regularizers:
+            r.bind(self.input_shape, self.device, self.dtype)
+        self.parameterization = parameterization
+        self.state_shape = self.input_shape
+        if parameterization is not None:
+            if not isinstance(parameterization, Parameterization):
+                raise TypeError(f"parameterization must be a value such as ldam.Spectral(), got {parameterization!r}")
+            self.state_shape = tuple(parameterization.bind(self.input_shape, self.device, self.dtype))
+            self.energy = LatentEnergy(self.energy, parameterization)
+
+    def _setup_state(self, init: torch.Tensor | None, init_scale: float) -> None:
+        """The chains' first state (``init`` or scaled noise, projected into any box) and empty
+        history: the activation trace, the kept samples, their sum and the moving average."""
         if init is not None:
             init = torch.as_tensor(init, dtype=self.dtype, device=self.device)
             if init.shape[1:] != self.state_shape or init.shape[0] not in (1, self.batch):
-                where = "" if parameterization is None else " (the latent of the parameterization)"
+                where = "" if self.parameterization is None else " (the latent of the parameterization)"
                 raise ShapeError(f"init must have shape [{self.batch} or 1, *{self.state_shape}]{where}, "
                                  f"got {list(init.shape)}")
             self.x = init.expand(self.batch, *self.state_shape).clone()
@@ -224,7 +234,7 @@ class Sampler:
         self.energy.project_(self.x)
         self._start_scale = float(self.x.abs().amax()) if self.x.numel() else 0.0
         self.t = 0
-        self._act = torch.empty(max(64, 1), self.batch, dtype=self.dtype, device=self.device)
+        self._act = torch.empty(64, self.batch, dtype=self.dtype, device=self.device)
         self._act_base = 0  # step of self._act[0]; raised by forget_trace
         self._samples: list[torch.Tensor] = []
         self._kept = 0
@@ -358,21 +368,52 @@ class Sampler:
     def run(self, steps: int = 1, stop: Callable[[], bool] | None = None) -> StepInfo | None:
         """Advance every chain ``steps`` steps, or fewer when ``stop()`` (asked before each step)
         says so; the chains are checked for divergence once, at the end. Returns the last step's
-        :class:`StepInfo`."""
+        :class:`StepInfo`. If a step, the check or a callback raises (or the run is interrupted),
+        the callbacks' ``on_end`` runs with ``None`` and the error propagates unchanged."""
         info = None
-        with self.attached(), torch.no_grad():
-            if not self._began:
-                self._began = True
-                for cb in self.callbacks:
-                    cb.on_begin(self)
-            try:
-                for i in range(steps):
-                    if stop is not None and stop():
-                        break
-                    info = self._step(describe=bool(self.callbacks) or i == steps - 1)
-            finally:
-                self._check()
+        try:
+            with self.attached(), torch.no_grad():
+                if not self._began:
+                    self._began = True
+                    for cb in self.callbacks:
+                        cb.on_begin(self)
+                try:
+                    for i in range(steps):
+                        if stop is not None and stop():
+                            break
+                        info = self._step(describe=bool(self.callbacks) or i == steps - 1)
+                finally:
+                    self._check()
+        except BaseException:
+            self._end(None)
+            raise
         return info
+
+    def close(self) -> None:
+        """End the callbacks of a run whose result will not be collected (``on_end`` with ``None``);
+        ``with Sampler(...) as s:`` calls it on leaving the block."""
+        self._end(None)
+
+    def __enter__(self) -> "Sampler":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _end(self, result: Result | None) -> None:
+        """Call every callback's ``on_end`` once for the current run. After an error (``result`` is
+        ``None``) a failing ``on_end`` only warns, so that the first error is the one raised."""
+        if not self._began:
+            return
+        self._began = False
+        for cb in self.callbacks:
+            if result is not None:
+                cb.on_end(self, result)
+                continue
+            try:
+                cb.on_end(self, None)
+            except Exception as e:  # the run's own error is already propagating
+                warnings.warn(f"{type(cb).__name__}.on_end failed while the run stopped: {e!r}", stacklevel=3)
 
     def _step(self, describe: bool = True) -> StepInfo | None:
         t = self.t
@@ -409,7 +450,8 @@ class Sampler:
         stats = self.method.stats()
         for r in self.energy.regularizers:
             stats.update(r.stats())
-        info = StepInfo(t, f, temp, eps, self.burn_in_step is not None, stats)
+        info = StepInfo(t, f, temp, eps, self.burn_in_step is not None, stats, chains=self.chains,
+                        images=self.images, ema=self.ema)
         for cb in self.callbacks:
             cb.on_step(self, info)
         return info
@@ -523,7 +565,8 @@ class Sampler:
         return dict(self._config, steps=self.t, burn_in_step=self.burn_in_step)
 
     def result(self, device: torch.device | str | None = "cpu") -> Result:
-        """Collect everything into a :class:`~ldam.results.Result` and call the callbacks' ``on_end``.
+        """Collect everything into a :class:`~ldam.results.Result` and end the run's callbacks
+        (their ``on_end``, once per run).
 
         The result's tensors come back on ``device``: the CPU by default, wherever the chains ran,
         so that a result can be saved, drawn and compared anywhere; ``None`` keeps them where they
@@ -549,8 +592,7 @@ class Sampler:
             burn_in=self.burn_in_step if self.burn_in_step is not None else self.t,
             config=self.config,
         )
-        for cb in self.callbacks:
-            cb.on_end(self, res)
+        self._end(res)
         return res
 
 
