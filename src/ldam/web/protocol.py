@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .session import DEFAULTS, MAX_CHAINS, METHODS, PARAMETERIZATIONS, RANGES
+from .session import DEFAULT_CHAINS, MAX_CHAINS, METHODS, PARAMETERIZATIONS, RANGES
 
 MAX_MESSAGE = 64 * 1024  # bytes, for everything but uploads
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes of the encoded image, before base64
@@ -30,7 +30,7 @@ class Start(_Msg):
     model: Name
     layer: Name
     unit: Union[Literal["all"], Annotated[int, Field(ge=0, le=100_000)]]
-    chains: Annotated[int, Field(ge=1, le=MAX_CHAINS)] = int(DEFAULTS["mnist"]["chains"])
+    chains: Annotated[int, Field(ge=1, le=MAX_CHAINS)] = DEFAULT_CHAINS
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     parameterization: Literal[PARAMETERIZATIONS] = "pixel"  # type: ignore[valid-type]
     transforms: bool = False  # jitter, scale and rotation robustness (unadjusted methods only)

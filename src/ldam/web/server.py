@@ -18,7 +18,7 @@ import ipaddress
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from PIL import Image
 
 from ..errors import LdamError
 from .protocol import MAX_UPLOAD, Ack, Activations, ProtocolError, Record, Set, Simple, Start, Top, parse, short
-from .session import KNOBS, MAX_CHAINS, LiveSession, ModelEntry, activation_maps, method_menu, top_images
+from .session import DEFAULT_CHAINS, KNOBS, MAX_CHAINS, LiveSession, ModelEntry, activation_maps, method_menu, top_images
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_PORT = 8765
@@ -154,42 +154,63 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
     """The ASGI app serving ``entries`` (the only models a browser can choose)."""
     cfg = cfg or ServerConfig()
     sessions: set[LiveSession] = set()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> Any:
-        yield
-        for s in list(sessions):  # the server is stopping: stop every worker
-            s.stop(timeout=2)
-
-    app = FastAPI(title="ldam", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="ldam", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(sessions))
     lock = threading.Lock()
     app.state.sessions = sessions
     app.state.entries = entries
     app.state.config = cfg
+    _add_http_guard(app, cfg)
+    _add_pages(app)
+    _add_api(app, entries, cfg, sessions)
+    _add_assets(app)
+    _add_socket(app, entries, cfg, sessions, lock)
+    return app
 
-    def token_ok(token: str | None) -> bool:
-        # bytes: compare_digest refuses non-ASCII str, and a wrong token is a 401, never a 500
-        return token is not None and secrets.compare_digest(token.encode("utf-8", "replace"),
-                                                            cfg.token.encode("utf-8"))  # type: ignore[union-attr]
 
-    def authorized(query_token: str | None, cookie_token: str | None) -> bool:
-        return cfg.token is None or token_ok(query_token) or token_ok(cookie_token)
+def _lifespan(sessions: set[LiveSession]) -> Any:
+    """The app's lifespan: nothing at startup; at shutdown, stop the worker of every session left."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        yield
+        for s in list(sessions):
+            s.stop(timeout=2)
 
+    return lifespan
+
+
+def _token_ok(token: str | None, cfg: ServerConfig) -> bool:
+    """Whether ``token`` is the server's token (compared in constant time; ``cfg.token`` is set)."""
+    # bytes: compare_digest refuses non-ASCII str, and a wrong token is a 401, never a 500
+    return token is not None and secrets.compare_digest(token.encode("utf-8", "replace"),
+                                                        cfg.token.encode("utf-8"))  # type: ignore[union-attr]
+
+
+def _authorized(query_token: str | None, cookie_token: str | None, cfg: ServerConfig) -> bool:
+    """Whether a request may proceed: no token is needed, or the query or the cookie carries it."""
+    return cfg.token is None or _token_ok(query_token, cfg) or _token_ok(cookie_token, cfg)
+
+
+def _add_http_guard(app: FastAPI, cfg: ServerConfig) -> None:
+    """Every HTTP request: refuse a foreign ``Host`` (421) or a missing token (401); mark every
+    response ``nosniff``; and when the query carries the right token, set it as a cookie."""
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Any:
         if not host_allowed(request.headers.get("host"), cfg):
             return JSONResponse({"error": "this server answers only to its own host name (Host header refused)"},
                                 status_code=421)
         query_token = request.query_params.get("token")
-        if not authorized(query_token, request.cookies.get(COOKIE)):
+        if not _authorized(query_token, request.cookies.get(COOKIE), cfg):
             return JSONResponse({"error": "this server needs ?token=... (printed when it started)"}, status_code=401)
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
-        if cfg.token is not None and token_ok(query_token):
+        if cfg.token is not None and _token_ok(query_token, cfg):
             # the page's assets and socket then authenticate without the token in their URLs
             response.set_cookie(COOKIE, cfg.token, httponly=True, samesite="strict", path="/")
         return response
 
+
+def _add_pages(app: FastAPI) -> None:
+    """The two pages: the sampler at ``/`` and the activations page at ``/activations``."""
     @app.get("/")
     async def sampler_page() -> FileResponse:
         return FileResponse(STATIC / "sampler.html")
@@ -198,6 +219,9 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
     async def activations_page() -> FileResponse:
         return FileResponse(STATIC / "activations.html")
 
+
+def _add_api(app: FastAPI, entries: dict[str, ModelEntry], cfg: ServerConfig, sessions: set[LiveSession]) -> None:
+    """The JSON endpoints: ``/api/models`` (what each page is told of the models) and ``/api/health``."""
     @app.get("/api/models")
     async def models() -> JSONResponse:
         return JSONResponse({"models": [e.describe() for e in entries.values()]})
@@ -206,35 +230,57 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
     async def health() -> JSONResponse:
         return JSONResponse({"ok": True, "sessions": len(sessions), "max_sessions": cfg.max_sessions})
 
+
+def _add_assets(app: FastAPI) -> None:
+    """The pages' scripts and styles under ``/static``, and an empty favicon."""
     @app.get("/favicon.ico")
     async def favicon() -> Response:
         return Response(status_code=204)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+
+def _socket_refusal(ws: WebSocket, cfg: ServerConfig) -> tuple[int, str] | None:
+    """Why a WebSocket handshake is refused, as a close code and reason (``None``: it is not): a
+    foreign ``Host``, a missing token, or an ``Origin`` that is not this server's host."""
+    if not host_allowed(ws.headers.get("host"), cfg):
+        return 4403, "host not allowed"
+    if not _authorized(ws.query_params.get("token"), ws.cookies.get(COOKIE), cfg):
+        return 4401, "token required"
+    origin = ws.headers.get("origin")
+    if origin is not None and origin.split("://", 1)[-1] != ws.headers.get("host"):
+        return 4403, "cross-origin connections are refused"
+    return None
+
+
+async def _turned_away(ws: WebSocket, cfg: ServerConfig, sessions: set[LiveSession], lock: threading.Lock) -> bool:
+    """When the server holds ``cfg.max_sessions`` sessions already, tell the accepted client so in a
+    fatal error and close its socket (code 1013). Whether it was turned away."""
+    with lock:
+        full = len(sessions) >= cfg.max_sessions
+    if not full:
+        return False
+    await ws.send_json({"type": "error", "fatal": True,
+                        "message": f"the server is at its limit of {cfg.max_sessions} sessions; close another tab"})
+    await ws.close(code=1013)
+    return True
+
+
+def _add_socket(app: FastAPI, entries: dict[str, ModelEntry], cfg: ServerConfig, sessions: set[LiveSession],
+                lock: threading.Lock) -> None:
+    """The ``/ws`` endpoint: check the handshake, accept, turn the client away when the server is
+    full, else run the connection until it ends."""
     @app.websocket("/ws")
     async def socket(ws: WebSocket) -> None:
-        if not host_allowed(ws.headers.get("host"), cfg):
-            await ws.close(code=4403, reason="host not allowed")
-            return
-        if not authorized(ws.query_params.get("token"), ws.cookies.get(COOKIE)):
-            await ws.close(code=4401, reason="token required")
-            return
-        origin = ws.headers.get("origin")
-        if origin is not None and origin.split("://", 1)[-1] != ws.headers.get("host"):
-            await ws.close(code=4403, reason="cross-origin connections are refused")
+        refusal = _socket_refusal(ws, cfg)
+        if refusal is not None:
+            code, reason = refusal
+            await ws.close(code=code, reason=reason)
             return
         await ws.accept()
-        with lock:
-            full = len(sessions) >= cfg.max_sessions
-        if full:
-            await ws.send_json({"type": "error", "fatal": True,
-                                "message": f"the server is at its limit of {cfg.max_sessions} sessions; close another tab"})
-            await ws.close(code=1013)
+        if await _turned_away(ws, cfg, sessions, lock):
             return
         await _connection(ws, entries, cfg, sessions, lock)
-
-    return app
 
 
 class _Heavy:
@@ -302,6 +348,162 @@ def _dispatch(msg: Any, session: LiveSession, entries: dict[str, ModelEntry], pu
         heavy.task = asyncio.create_task(_heavy(msg, entries, publish))
 
 
+def _hello(entries: dict[str, ModelEntry]) -> dict[str, Any]:
+    """The first message of every connection: the models, the limits, the defaults of a start, the
+    knobs' sliders and the methods' menu; the pages build their controls from it."""
+    return {"type": "hello", "models": [e.describe() for e in entries.values()],
+            "limits": {"chains": MAX_CHAINS, "upload_bytes": MAX_UPLOAD},
+            "defaults": {"chains": DEFAULT_CHAINS},
+            "knobs": {name: knob.slider() for name, knob in KNOBS.items()}, "methods": method_menu()}
+
+
+@dataclass
+class _Flow:
+    """A connection's frame accounting: frames ``sent`` and ``acked`` since the last start, whether
+    the page is ``acking`` (acknowledges every frame), and the monotonic times a frame was last
+    ``taken`` by the client and the client was last ``heard`` from."""
+
+    sent: int = 0
+    acked: int = 0
+    acking: bool = False
+    taken: float = field(default_factory=time.monotonic)
+    heard: float = field(default_factory=time.monotonic)
+
+    def behind(self) -> bool:
+        """Whether an acknowledging page has ``IN_FLIGHT`` frames unacknowledged (send it no more)."""
+        return self.acking and self.sent - self.acked >= IN_FLIGHT
+
+
+class _Connection:
+    """One accepted socket: its session and the sender, receiver and watchdog tasks that serve it.
+
+    Built on the event loop; :meth:`publish` may be called from any thread (the session's worker,
+    the heavy requests' threads)."""
+
+    def __init__(self, ws: WebSocket, entries: dict[str, ModelEntry], cfg: ServerConfig,
+                 sessions: set[LiveSession], lock: threading.Lock) -> None:
+        self.ws = ws
+        self.entries = entries
+        self.loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()
+        self.next_frame: dict[str, Any] | None = None
+        self.flow = _Flow()
+        self.replies: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+        self.heavy = _Heavy()
+        self.sessions = sessions
+        self.lock = lock
+        with lock:
+            self.session = LiveSession(entries, self.publish, cfg.max_fps, on_exit=self._ended)
+            sessions.add(self.session)
+
+    def publish(self, msg: dict[str, Any]) -> None:
+        """Queue ``msg`` for the sender: a frame replaces the one not yet sent, any other message
+        waits its turn among the replies. Any thread; a no-op once the loop has closed."""
+        if msg.get("type") == "frame":
+            self.next_frame = msg
+        else:
+            self.replies.append(msg)
+        try:
+            self.loop.call_soon_threadsafe(self.wake.set)
+        except RuntimeError:  # the loop is closed: the connection is gone
+            pass
+
+    def _ended(self, session: LiveSession) -> None:
+        """Free the session's slot; called by its worker thread as it ends, and only then."""
+        with self.lock:
+            self.sessions.discard(session)
+
+    def _taken(self) -> None:
+        """The client took a frame: note when, and let an idled worker run again."""
+        self.flow.taken = time.monotonic()
+        if self.session.held:
+            self.session.hold(False)
+
+    async def _send(self, msg: dict[str, Any]) -> None:
+        """Send one message; a send blocked for ``SEND_TIMEOUT_S`` raises and so ends the connection."""
+        await asyncio.wait_for(self.ws.send_json(msg), SEND_TIMEOUT_S)
+
+    async def _sender(self) -> None:
+        """Whenever woken: send every waiting reply in order, then the newest frame unless the page
+        is behind on its acknowledgements."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.replies:
+                await self._send(self.replies.popleft())
+            if self.flow.behind():
+                continue  # the page is behind: keep only the newest frame until it acknowledges
+            frame, self.next_frame = self.next_frame, None
+            if frame is not None:
+                self.flow.sent += 1
+                await self._send(frame)
+                if not self.flow.acking:
+                    self._taken()
+
+    async def _receiver(self) -> None:
+        """Read the client's messages until it disconnects, noting when each was heard."""
+        while True:
+            event = await self.ws.receive()
+            if event["type"] == "websocket.disconnect":
+                return
+            self.flow.heard = time.monotonic()
+            self._handle(event.get("text"))
+
+    def _handle(self, text: str | None) -> None:
+        """Act on one client message: an acknowledgement frees a frame slot, a start resets the flow
+        accounting, the rest go to :func:`_dispatch`. Any failure is an error reply."""
+        if text is None:
+            self.publish({"type": "error", "message": "send JSON text messages, not binary"})
+            return
+        try:
+            msg = parse(text)
+            if isinstance(msg, Ack):
+                self.flow.acked = min(self.flow.acked + 1, self.flow.sent)
+                self._taken()
+                self.wake.set()
+                return
+            if isinstance(msg, Start):
+                self.flow.acking, self.flow.sent, self.flow.acked = msg.ack, 0, 0
+                self._taken()
+            _dispatch(msg, self.session, self.entries, self.publish, self.heavy)
+        except Exception as e:  # noqa: BLE001 - one bad message is an error reply; the session lives on
+            self.publish({"type": "error", "message": _reason(e)})
+
+    async def _watchdog(self) -> None:
+        """While a frame waits untaken: idle the worker after ``STALL_S``; return (ending the
+        connection) after ``IDLE_EVICT_S`` without a frame taken or a message heard."""
+        while True:
+            await asyncio.sleep(min(1.0, STALL_S / 4))
+            now = time.monotonic()
+            waiting = self.next_frame is not None
+            if waiting and now - self.flow.taken > STALL_S and not self.session.held:
+                self.session.hold(True)
+            if waiting and now - max(self.flow.taken, self.flow.heard) > IDLE_EVICT_S:
+                return
+
+    async def run(self) -> None:
+        """Greet the client, then serve it until the sender, the receiver or the watchdog ends."""
+        tasks = [asyncio.create_task(c()) for c in (self._sender, self._receiver, self._watchdog)]
+        self.publish(_hello(self.entries))
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await self._close(tasks)
+
+    async def _close(self, tasks: list[asyncio.Task]) -> None:
+        """Stop the worker, cancel the tasks and any heavy request, wait for them, close the socket."""
+        self.session.stop(timeout=0)  # first, before any await: this task may itself be cancelled below
+        for t in tasks:
+            t.cancel()
+        if self.heavy.task is not None:
+            self.heavy.task.cancel()
+        for t in tasks:  # a send that failed or timed out ends the connection; nothing more to report
+            with contextlib.suppress(BaseException):
+                await t
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code=1000), 1.0)
+
+
 async def _connection(ws: WebSocket, entries: dict[str, ModelEntry], cfg: ServerConfig,
                       sessions: set[LiveSession], lock: threading.Lock) -> None:
     """One accepted socket: its session, a sender, a receiver and a watchdog, until any ends.
@@ -311,105 +513,7 @@ async def _connection(ws: WebSocket, entries: dict[str, ModelEntry], cfg: Server
     ``SEND_TIMEOUT_S`` ends the connection. While no frame is taken for ``STALL_S`` the worker
     idles; after ``IDLE_EVICT_S`` of silence with frames waiting the client is evicted. The session
     slot is freed only once the worker has ended."""
-    loop = asyncio.get_running_loop()
-    wake = asyncio.Event()
-    slot: dict[str, Any] = {"frame": None}
-    flow = {"sent": 0, "acked": 0, "acking": False, "taken": time.monotonic(), "heard": time.monotonic()}
-    replies: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
-    heavy = _Heavy()
-
-    def publish(msg: dict[str, Any]) -> None:  # any thread
-        if msg.get("type") == "frame":
-            slot["frame"] = msg  # the newest frame replaces one not yet sent
-        else:
-            replies.append(msg)
-        try:
-            loop.call_soon_threadsafe(wake.set)
-        except RuntimeError:  # the loop is closed: the connection is gone
-            pass
-
-    def ended(s: LiveSession) -> None:  # the worker thread, as it ends: only then is the slot free
-        with lock:
-            sessions.discard(s)
-
-    with lock:
-        session = LiveSession(entries, publish, cfg.max_fps, on_exit=ended)
-        sessions.add(session)
-
-    def taken() -> None:
-        flow["taken"] = time.monotonic()
-        if session.held:
-            session.hold(False)
-
-    async def send(msg: dict[str, Any]) -> None:
-        await asyncio.wait_for(ws.send_json(msg), SEND_TIMEOUT_S)
-
-    async def sender() -> None:
-        while True:
-            await wake.wait()
-            wake.clear()
-            while replies:
-                await send(replies.popleft())
-            if flow["acking"] and flow["sent"] - flow["acked"] >= IN_FLIGHT:
-                continue  # the page is behind: keep only the newest frame until it acknowledges
-            frame, slot["frame"] = slot["frame"], None
-            if frame is not None:
-                flow["sent"] += 1
-                await send(frame)
-                if not flow["acking"]:
-                    taken()
-
-    async def receiver() -> None:
-        while True:
-            event = await ws.receive()
-            if event["type"] == "websocket.disconnect":
-                return
-            flow["heard"] = time.monotonic()
-            text = event.get("text")
-            if text is None:
-                publish({"type": "error", "message": "send JSON text messages, not binary"})
-                continue
-            try:
-                msg = parse(text)
-                if isinstance(msg, Ack):
-                    flow["acked"] = min(flow["acked"] + 1, flow["sent"])
-                    taken()
-                    wake.set()
-                    continue
-                if isinstance(msg, Start):
-                    flow.update(acking=msg.ack, sent=0, acked=0)
-                    taken()
-                _dispatch(msg, session, entries, publish, heavy)
-            except Exception as e:  # noqa: BLE001 - one bad message is an error reply; the session lives on
-                publish({"type": "error", "message": _reason(e)})
-
-    async def watchdog() -> None:
-        while True:
-            await asyncio.sleep(min(1.0, STALL_S / 4))
-            now = time.monotonic()
-            waiting = slot["frame"] is not None
-            if waiting and now - flow["taken"] > STALL_S and not session.held:
-                session.hold(True)  # nobody is taking the frames: stop computing them
-            if waiting and now - max(flow["taken"], flow["heard"]) > IDLE_EVICT_S:
-                return
-
-    tasks = [asyncio.create_task(c()) for c in (sender, receiver, watchdog)]
-    publish({"type": "hello", "models": [e.describe() for e in entries.values()],
-             "limits": {"chains": MAX_CHAINS, "upload_bytes": MAX_UPLOAD},
-             "knobs": {name: knob.slider() for name, knob in KNOBS.items()}, "methods": method_menu()})
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        session.stop(timeout=0)  # first, before any await: this task may itself be cancelled below
-        for t in tasks:
-            t.cancel()
-        if heavy.task is not None:
-            heavy.task.cancel()
-        for t in tasks:  # a send that failed or timed out ends the connection; nothing more to report
-            with contextlib.suppress(BaseException):
-                await t
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(code=1000), 1.0)
+    await _Connection(ws, entries, cfg, sessions, lock).run()
 
 
 def load_entries(models: list[str], with_data: bool = True, device: torch.device | str | None = None,

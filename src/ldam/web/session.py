@@ -97,6 +97,8 @@ def method_menu() -> list[dict[str, Any]]:
             for m in METHODS]
 PARAMETERIZATIONS = ("pixel", "spectral")
 MAX_CHAINS = 100
+#: Chains per target when a start names none (the page's fallback too: it is sent in the hello).
+DEFAULT_CHAINS = int(_START["chains"])
 TRACE_KEEP = 2000
 GIF_FRAMES = 200
 GIF_FPS = 15  #: a recording's frame rate (66 ms a frame)
@@ -539,7 +541,7 @@ class LiveSession:
             if not 0 <= int(unit) < units:
                 raise ValueError(f"{layer} has {units} units (0-{units - 1}), got {unit}")
             targets, n_targets = f"{layer}:{int(unit)}", 1
-        chains = max(1, min(int(p.get("chains") or _START["chains"]), MAX_CHAINS // n_targets if n_targets > 1 else MAX_CHAINS))
+        chains = max(1, min(int(p.get("chains") or DEFAULT_CHAINS), MAX_CHAINS // n_targets if n_targets > 1 else MAX_CHAINS))
         if entry is not self.entry:
             self.entry = entry
             self.model = copy.deepcopy(entry.model)  # the hooks of one session never reach another's

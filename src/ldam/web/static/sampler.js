@@ -3,7 +3,9 @@
 // The sliders' ranges, log flags and starting values come from the server (the hello's knobs).
 let SLIDERS = {};
 const $ = (id) => document.getElementById(id);
-const state = { models: [], paused: false, recording: false, frames: 0, last: null, trace: [], started: null, diverged: null };
+// defaultChains: chains per target when the box is empty (the hello's defaults.chains).
+const state = { models: [], paused: false, recording: false, frames: 0, last: null, trace: [], started: null, diverged: null,
+                defaultChains: undefined };
 window.ldam = state;  // for the tests and the curious
 
 function toValue(spec, s) {
@@ -53,7 +55,7 @@ function fillUnits(unit) {
 function start() {
   const unit = $("unit").value === "all" ? "all" : Number($("unit").value);
   state.trace = [];
-  sock.send({ type: "start", model: $("model").value, layer: $("layer").value, unit, chains: Number($("chains").value) || 10,
+  sock.send({ type: "start", model: $("model").value, layer: $("layer").value, unit, chains: Number($("chains").value) || state.defaultChains,
               parameterization: $("parameterization").value, transforms: $("transforms").checked, ack: true });
 }
 function sendSet(key, value) { sock.send({ type: "set", [key]: value }); }
@@ -72,6 +74,7 @@ function applyDefaults() {
 function onMessage(msg) {
   if (msg.type === "hello") {
     state.models = msg.models;
+    state.defaultChains = msg.defaults.chains;
     setupSliders(msg.knobs);
     for (const m of msg.methods) { METHOD_NAMES[m.value] = m.name; if (m.bound) BOUNDS[m.value] = m.bound; }
     fillSelect($("method"), msg.methods.map((m) => [m.value, m.label]), $("method").value || "sgld");
