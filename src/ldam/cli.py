@@ -286,32 +286,76 @@ def _add_sampling_options(p: argparse.ArgumentParser, steps: int, chains: int, p
 
 
 def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[str]) -> int:
+    """``ldam sample`` and ``ldam demo``: load the model, sample ``targets``, write the files, print a summary."""
     model, info = _load(model_spec, args)
     input_shape = tuple(info.input_shape)
     out: Path = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")  # created by the first file written
+    norm = _normalization(info)
+    callbacks = _sampling_callbacks(args, out, norm)
+    regularizers, disc = _energy_terms(args, info, input_shape)
+    res = sample(model, list(targets), **_sample_options(args, info, input_shape, regularizers, callbacks))
+    _record_run(res, args, model, info, model_spec)
+    paths = _write_outputs(res, args, out, norm, disc)
+    _print_summary(res, info, disc, paths)
+    return 0
+
+
+def _normalization(info: Any) -> dict[str, tuple[float, ...]]:
+    """The model's input normalization (``mean``, ``std``) for turning inputs back into images."""
+    return {"mean": tuple(getattr(info, "mean", None) or (0.0,)), "std": tuple(getattr(info, "std", None) or (1.0,))}
+
+
+def _burn_in_and_thin(args: argparse.Namespace) -> tuple[int | str, int]:
+    """``--burn-in`` (default: a quarter of the steps) and ``--thin`` (default: about 100 kept states)."""
     burn_in = args.burn_in if args.burn_in is not None else args.steps // 4
     thin = args.thin or max(1, (args.steps - (burn_in if isinstance(burn_in, int) else args.steps // 2)) // 100)
-    norm = {"mean": tuple(getattr(info, "mean", None) or (0.0,)), "std": tuple(getattr(info, "std", None) or (1.0,))}
+    return burn_in, thin
+
+
+def _sampling_callbacks(args: argparse.Namespace, out: Path, norm: dict) -> list:
+    """The GIF recorder (every ``--gif-every`` steps, default steps/60) and, unless ``--quiet``, a progress bar."""
     gif_every = args.gif_every or max(1, args.steps // 60)
     callbacks = [GifRecorder(out / "chains.gif", every=gif_every, display=args.display, **norm)]
     if not args.quiet:
         callbacks.append(ProgressBar(total=args.steps))
+    return callbacks
+
+
+def _energy_terms(args: argparse.Namespace, info: Any, input_shape: tuple[int, ...]) -> tuple[list[Regularizer], Any]:
+    """The regularizers the options ask for, the discriminator last when there is one; and the
+    discriminator (``None`` without one)."""
     regularizers = _regularizers(args, info)
     disc = _discriminator(args, info, input_shape)
     if disc is not None:
         regularizers.append(disc)
-    res = sample(
-        model, list(targets), input_shape=input_shape, chains=args.chains, steps=args.steps,
+    return regularizers, disc
+
+
+def _sample_options(args: argparse.Namespace, info: Any, input_shape: tuple[int, ...],
+                    regularizers: list[Regularizer], callbacks: list) -> dict[str, Any]:
+    """The keyword arguments of :func:`ldam.sample` that the sampling options ask for."""
+    burn_in, thin = _burn_in_and_thin(args)
+    return dict(
+        input_shape=input_shape, chains=args.chains, steps=args.steps,
         step_size=args.step_size, temperature=args.temperature, regularizers=regularizers,
         method=args.method, burn_in=burn_in, thin=thin, seed=args.seed, ema_tau=args.ema_tau,
         callbacks=callbacks, amp=args.amp, unit_axes=dict(getattr(args, "unit_axis", None) or []),
         parameterization=_parameterization(args, info), transforms=args.transforms or (),
         transform_draws=args.transform_draws,
     )
+
+
+def _record_run(res: Any, args: argparse.Namespace, model: Any, info: Any, model_spec: str) -> None:
+    """Add the model (its spec, device and any ``--arch``) to the results' config."""
     res.config["model_spec"] = model_spec
     res.config["device"] = str(model_device(model))
     if getattr(args, "arch", None):
         res.config["arch"], res.config["arch_kwargs"] = args.arch, info.meta.get("arch_kwargs", {})
+
+
+def _write_outputs(res: Any, args: argparse.Namespace, out: Path, norm: dict, disc: Any) -> dict[str, Path]:
+    """Write grid.png, targets.png, result.pt, config.json (and critic.pt) to ``out``; the GIF is the
+    recorder's. Returns what each file is → its path, for the summary."""
     paths = {
         "grid (mean of each chain)": res.save_grid(out / "grid.png", display=args.display, **norm),
         "per-target mean": out / "targets.png",
@@ -323,6 +367,12 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
         paths["critic (reuse with --disc-checkpoint)"] = disc.save(out / "critic.pt")
     res.target_grid(display=args.display, **norm).save(out / "targets.png")
     (out / "config.json").write_text(json.dumps(res.config, indent=2, default=repr) + "\n")
+    return paths
+
+
+def _print_summary(res: Any, info: Any, disc: Any, paths: dict[str, Path]) -> None:
+    """Print what was sampled, each target's final mean activation, the acceptance and critic
+    statistics where there are any, and the files written."""
     final = res.target_activations()[-max(1, res.activations.shape[0] // 10):].mean(0)
     names = getattr(info, "class_names", None)
     print(f"sampled {len(res.targets)} target(s) x {res.chains} chains, {res.activations.shape[0]} steps, "
@@ -340,7 +390,6 @@ def _run_sampling(args: argparse.Namespace, model_spec: str, targets: Sequence[s
               f"D of the chain means {d_mean:.3f}")
     for what, p in paths.items():
         print(f"{what}: {p}")
-    return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -445,6 +494,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ldam`` parser: the global options and one subcommand parser per command."""
+    p = _main_parser()
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_sample_parser(sub)
+    _add_demo_parser(sub)
+    _add_layers_parser(sub)
+    _add_serve_parser(sub)
+    _add_zoo_parser(sub)
+
+    from .train import add_subcommands
+    from .train_generator import add_subcommands as add_generator_subcommands
+
+    from .data.fetch import add_subcommand as add_data_subcommand
+
+    add_subcommands(sub)
+    add_generator_subcommands(sub)
+    add_data_subcommand(sub)
+    return p
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    """The top-level parser: description, examples, ``--version`` and ``--debug``."""
     p = argparse.ArgumentParser(
         prog="ldam",
         description="Sample the inputs that drive a neuron of a PyTorch model with Langevin dynamics "
@@ -457,8 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"ldam {__version__}")
     p.add_argument("--debug", action="store_true", help="on an error, show Python's traceback instead of one line")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    return p
 
+
+def _add_sample_parser(sub) -> None:
+    """``ldam sample --model M --target T ...``: sample the given targets of any model."""
     s = sub.add_parser("sample", help="sample inputs for one or more neurons",
                        description="Sample inputs for one or more neurons and write a grid PNG, a GIF, "
                        "the per-target means and the results file.")
@@ -476,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(s, "the model and the chains run (results are saved from the CPU either way)")
     s.set_defaults(func=cmd_sample)
 
+
+def _add_demo_parser(sub) -> None:
+    """``ldam demo``: sample the digit neurons of the demo model."""
     d = sub.add_parser("demo", help=f"sample the 10 digit neurons of {DEMO_MODEL} into runs/demo (no browser needed)",
                        description=f"Sample the 10 output neurons of {DEMO_MODEL}, 10 chains each, and "
                        "write grid.png, targets.png, chains.gif and result.pt to runs/demo.")
@@ -483,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(d, "the model and the chains run")
     d.set_defaults(func=cmd_demo)
 
+
+def _add_layers_parser(sub) -> None:
+    """``ldam layers MODEL``: list the layers a target can address."""
     ly = sub.add_parser("layers", help="list every addressable layer with its output shape and units",
                         description="List every layer a target can address, with output shape and unit count.",
                         epilog=f"Examples:\n  ldam layers zoo:lenet-mnist\n  {ARCH_EXAMPLE}\n"
@@ -496,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(ly, "the model is probed")
     ly.set_defaults(func=cmd_layers)
 
+
+def _add_serve_parser(sub) -> None:
+    """``ldam serve [MODEL ...]``: the live web UI."""
     from .web.server import DEFAULT_PORT
 
     w = sub.add_parser("serve", help="the live web UI: watch chains move and turn the knobs while they run",
@@ -521,19 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "model file given here (zoo:NAME models keep their own)")
     w.set_defaults(func=cmd_serve)
 
+
+def _add_zoo_parser(sub) -> None:
+    """``ldam zoo``: list the zoo's models."""
     z = sub.add_parser("zoo", help="list the zoo's models with their inputs and test accuracies",
                        description="List every zoo:NAME with its input shape, dataset, test accuracy and weights file.")
     z.set_defaults(func=cmd_zoo)
-
-    from .train import add_subcommands
-    from .train_generator import add_subcommands as add_generator_subcommands
-
-    from .data.fetch import add_subcommand as add_data_subcommand
-
-    add_subcommands(sub)
-    add_generator_subcommands(sub)
-    add_data_subcommand(sub)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,12 +25,18 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .energy import Energy, grad_log_prob, log_prob, rms_normalized
+
+
+def _state(default: Any = None) -> Any:
+    """A dataclass field for a method's own running state (moments, caches, counts): it starts at
+    ``default``, is not an argument of ``__init__`` and is left out of ``repr``."""
+    return field(default=default, init=False, repr=False)
 
 
 def chain_seeds(seed: int, keys: Sequence[str], chains: int) -> list[int]:
@@ -352,15 +358,22 @@ class Metropolis(Method):
     window: int = 50
     warmup: int = 0
     name = "metropolis"
-    _log_scale: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _log_scale_avg: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _accepted: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _proposed: int = field(default=0, init=False, repr=False)
-    _n_adapt: int = field(default=0, init=False, repr=False)
-    _was_adapting: bool = field(default=False, init=False, repr=False)
-    _recent: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _recent_n: int = field(default=0, init=False, repr=False)
-    _n_steps: int = field(default=0, init=False, repr=False)
+    _log_scale: torch.Tensor | None = _state()
+    _log_scale_avg: torch.Tensor | None = _state()
+    _accepted: torch.Tensor | None = _state()
+    _proposed: int = _state(0)
+    _n_adapt: int = _state(0)
+    _was_adapting: bool = _state(False)
+    _recent: torch.Tensor | None = _state()
+    _recent_n: int = _state(0)
+    _n_steps: int = _state(0)
+    _cache: tuple[torch.Tensor, torch.Tensor] | None = _state()  # (f, ∇f) at the chains' current states
+
+    def reset(self) -> None:
+        """Forget what is cached about the chains' current states: ``(f, ∇f)`` and the prior terms
+        (stale once the chains move outside a Metropolis step). Adaptation and counts are kept."""
+        self._cache = None
+        self.__dict__["_prior_cache"] = None
 
     def step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         self._n_steps += 1
@@ -491,11 +504,6 @@ class MALA(Metropolis):
     """
 
     name = "mala"
-    _cache: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
-
-    def reset(self) -> None:
-        self._cache = None
-        self.__dict__["_prior_cache"] = None
 
     def _metric(self, x: torch.Tensor, g: torch.Tensor, learn: bool) -> torch.Tensor | None:
         return None
@@ -563,7 +571,7 @@ class PMALA(MALA):
     max_ratio: float = 100.0
     metric_kind: str = "rms"
     name = "pmala"
-    _rms: DiagonalMetric | None = field(default=None, init=False, repr=False)
+    _rms: DiagonalMetric | None = _state()
 
     @property
     def preconditioner(self) -> torch.Tensor | None:
@@ -601,16 +609,11 @@ class HMC(Metropolis):
     max_ratio: float = 100.0
     metric_kind: str = "rms"
     name = "hmc"
-    _cache: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
-    _rms: DiagonalMetric | None = field(default=None, init=False, repr=False)
+    _rms: DiagonalMetric | None = _state()
 
     def __post_init__(self) -> None:
         if self.leapfrog < 1:
             raise ValueError(f"HMC needs leapfrog >= 1 steps per proposal, got {self.leapfrog}")
-
-    def reset(self) -> None:
-        self._cache = None
-        self.__dict__["_prior_cache"] = None
 
     def _metropolis_step(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         energy, T = ctx.energy, ctx.temperature
@@ -683,8 +686,8 @@ class PSGLD(Method):
     delta: float = 1e-5
     freeze: bool = True
     name = "psgld"
-    _v: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _g: tuple[torch.Tensor, torch.Tensor, float | None] | None = field(default=None, init=False, repr=False)
+    _v: torch.Tensor | None = _state()
+    _g: tuple[torch.Tensor, torch.Tensor, float | None] | None = _state()
 
     def reset(self) -> None:
         self._v = self._g = None
@@ -739,8 +742,8 @@ class Paper(Method):
     scale: float = 1.0
     momentum: float = 0.9
     name = "paper"
-    _acc: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _m: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _acc: torch.Tensor | None = _state()
+    _m: torch.Tensor | None = _state()
 
     def reset(self) -> None:
         self._acc = self._m = None
@@ -798,9 +801,9 @@ class Ascent(Method):
     betas: tuple[float, float] = (0.9, 0.999)
     delta: float = 1e-8
     name = "ascent"
-    _m: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _v: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _n: int = field(default=0, init=False, repr=False)
+    _m: torch.Tensor | None = _state()
+    _v: torch.Tensor | None = _state()
+    _n: int = _state(0)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "gd"):

@@ -412,16 +412,43 @@ def probe_layers(
     """
     device = torch.device(device) if device is not None else _model_device(model)
     dtype = dtype or _model_dtype(model)
-    probe = _Probe(model)
+    probe, (calls2, out2), (calls3, out3) = _run_probe(model, input_shape, device, dtype)
+    table = _LayerTable(probe, dtype, unit_axes)
+    for key, outs in calls2.items():
+        table.add_module(key, outs, calls3.get(key, []))
+    table.add_model_output(out2, out3)
+    table.check_unit_axes_used()
+    return table.layers
+
+
+@contextmanager
+def _parameters_frozen(model: nn.Module) -> Iterator[None]:
+    """Turn off ``requires_grad`` on the model's trainable parameters for a block, then restore it
+    (so that a value needs a gradient only if it depends on the input)."""
     frozen = [p for p in model.parameters() if p.requires_grad]
     try:
         for p in frozen:
             p.requires_grad_(False)
-        x2 = _probe_input(2, input_shape, device, dtype).requires_grad_(True)
-        with torch.enable_grad():
-            calls2, out2 = probe.run(x2, track=True)
-        with torch.no_grad():
-            calls3, out3 = probe.run(_probe_input(3, input_shape, device, dtype), track=False)
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _run_probe(model: nn.Module, input_shape: Sequence[int], device: torch.device, dtype: torch.dtype
+               ) -> tuple[_Probe, tuple[dict[int, list[Any]], Any], tuple[dict[int, list[Any]], Any]]:
+    """Run ``model`` under a :class:`_Probe` on 2 random inputs (tracking gradients and layouts) and
+    on 3 (values only), with its parameters frozen; returns the probe and each run's
+    ``(calls, output)``. A forward that fails becomes a :class:`ShapeError` when torch rejects the
+    shape and an :class:`LdamError` otherwise."""
+    probe = _Probe(model)
+    try:
+        with _parameters_frozen(model):
+            x2 = _probe_input(2, input_shape, device, dtype).requires_grad_(True)
+            with torch.enable_grad():
+                run2 = probe.run(x2, track=True)
+            with torch.no_grad():
+                run3 = probe.run(_probe_input(3, input_shape, device, dtype), track=False)
     except (RuntimeError, ValueError, IndexError) as e:  # what torch raises for a shape it cannot take
         raise ShapeError(
             f"the model rejects input shape {tuple(input_shape)} ({str(dtype).replace('torch.', '')} on "
@@ -434,74 +461,110 @@ def probe_layers(
             f"{(2, *tuple(input_shape))}; that is an error inside the model's code, not a shape mismatch "
             "(the traceback above shows where)"
         ) from e
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-    def layout_of(v: Any) -> str:
-        return probe.value_layouts.get(id(v), "channels") if isinstance(v, torch.Tensor) else "channels"
+    return probe, run2, run3
 
-    unit_axes = dict(unit_axes or {})
-    layers: dict[str, LayerInfo] = {}
 
-    def add(name: str, kind: str, v2: Any, v3: Any, *, module: str | None, call: int | None,
-            select: Selector, calls: int, layout: str, alias_of: str | None = None) -> None:
-        reason = _refusal(v2, v3, probe.grad.get(id(v2), False))
+class _LayerTable:
+    """The result of :func:`probe_layers` as it is built: one :class:`LayerInfo` per value the probe
+    saw (addressable or refused), in the order the model produced them.
+
+    Each entry of ``unit_axes`` is used up (popped) by the layer it names; what is left at the end
+    names no addressable layer (:meth:`check_unit_axes_used`).
+    """
+
+    def __init__(self, probe: _Probe, dtype: torch.dtype, unit_axes: Mapping[str, str | int] | None):
+        self.probe = probe
+        self.dtype = dtype
+        self.unit_axes = dict(unit_axes or {})
+        self.layers: dict[str, LayerInfo] = {}
+
+    def layout_of(self, v: Any) -> str:
+        """The unit layout the probe found for the tensor ``v`` (``"channels"`` for anything else)."""
+        return self.probe.value_layouts.get(id(v), "channels") if isinstance(v, torch.Tensor) else "channels"
+
+    def add_tensor(self, name: str, kind: str, v2: Any, v3: Any, *, module: str | None, call: int | None,
+                   select: Selector, calls: int, layout: str, alias_of: str | None = None) -> None:
+        """Add one value (normally a tensor) seen as ``v2`` and ``v3`` at batch sizes 2 and 3: its shape,
+        its units axis (from ``layout``, or from ``unit_axes``) and, if it cannot be a target, why."""
+        reason = _refusal(v2, v3, self.probe.grad.get(id(v2), False))
         shape = tuple(v2.shape[1:]) if isinstance(v2, torch.Tensor) else ()
         how = layout
-        if name in unit_axes and reason is None:
-            layout, how = _override(name, unit_axes.pop(name), shape), "override"
-        dt = v2.dtype if isinstance(v2, torch.Tensor) else dtype
+        if name in self.unit_axes and reason is None:
+            layout, how = _override(name, self.unit_axes.pop(name), shape), "override"
+        dt = v2.dtype if isinstance(v2, torch.Tensor) else self.dtype
         axis = _unit_axis(shape, "last" if layout == "last" else "channels") if isinstance(layout, str) else layout
-        layers[name] = LayerInfo(name, kind, shape, axis, calls, reason, alias_of, dt, module, call, select, how)
+        self.layers[name] = LayerInfo(name, kind, shape, axis, calls, reason, alias_of, dt, module, call, select, how)
 
-    def add_value(name: str, kind: str, v2: Any, v3: Any, layout: str, **where: Any) -> None:
+    def add_value(self, name: str, kind: str, v2: Any, v3: Any, layout: str, **where: Any) -> None:
+        """Add what a module (or the model) returned: a tensor as itself, a tuple, mapping or dataclass
+        as a refused entry that lists its tensors, each of which is added as ``name[K]`` or ``name.K``."""
         items = _items(v2)
         if items is None or isinstance(v2, torch.Tensor):
-            add(name, kind, v2, v3, layout=layout, **where)
-            return
+            self.add_tensor(name, kind, v2, v3, layout=layout, **where)
+        else:
+            self._add_container(name, kind, v2, v3, items, where)
+
+    def _add_container(self, name: str, kind: str, v2: Any, v3: Any, items: list[tuple[Any, Any]],
+                       where: dict[str, Any]) -> None:
+        """Add a returned container (refused: it has no single unit layout) and then each of its tensors."""
         items3 = dict(_items(v3) or [])
         tensors = [(k, v) for k, v in items if isinstance(v, torch.Tensor)]
         dotted = where["module"] is None
         sub = [name + _format_select((k,), dotted) for k, _ in tensors]
         why = (f"returns {_describe_value(v2)}; address one of its tensors: {', '.join(sub[:4])}"
                + (" ..." if len(sub) > 4 else "") if sub else f"returns {_describe_value(v2)}, with no tensor in it")
-        layers[name] = LayerInfo(name, kind, (), None, where["calls"], why, where.get("alias_of"), dtype,
-                                 where["module"], where["call"], where["select"])
+        self.layers[name] = LayerInfo(name, kind, (), None, where["calls"], why, where.get("alias_of"), self.dtype,
+                                      where["module"], where["call"], where["select"])
         for (k, v), sname in zip(tensors, sub):
-            lay = layout_of(v)
-            add(sname, kind, v, items3.get(k), layout=lay, module=where["module"], call=where["call"],
-                select=where["select"] + (k,), calls=where["calls"], alias_of=where.get("alias_of"))
+            self.add_tensor(sname, kind, v, items3.get(k), layout=self.layout_of(v), module=where["module"],
+                            call=where["call"], select=where["select"] + (k,), calls=where["calls"],
+                            alias_of=where.get("alias_of"))
 
-    for key, outs in calls2.items():
-        mod = probe.mods[key]
-        names = probe.names[key]
-        kind = type(mod).__name__
-        outs3 = calls3.get(key, [])
-        n = len(outs)
+    def add_module(self, key: int, outs: list[Any], outs3: list[Any]) -> None:
+        """Add the outputs of one module (``outs``: one per call at batch size 2; ``outs3`` at 3) under
+        each of its names; every name after the first is an alias of the first."""
+        names = self.probe.names[key]
+        kind = type(self.probe.mods[key]).__name__
         for i, name in enumerate(names):
             alias = names[0] if i else None
-            if n == 1:
-                add_value(name, kind, outs[0], outs3[0] if outs3 else None, layout_of(outs[0]),
-                          module=names[0], call=None, select=(), calls=1, alias_of=alias)
-                continue
-            calls_list = ", ".join(f"{name}#{k}" for k in range(min(n, 3))) + (f" ... {name}#{n - 1}" if n > 3 else "")
-            first = outs[0]
-            layers[name] = LayerInfo(
-                name, kind, tuple(first.shape[1:]) if isinstance(first, torch.Tensor) else (), None, n,
-                f"called {n} times per forward; name one call: {calls_list}", alias, dtype, names[0], None, (),
-            )
-            for k in range(n):
-                add_value(f"{name}#{k}", kind, outs[k], outs3[k] if k < len(outs3) else None,
-                          layout_of(outs[k]), module=names[0], call=k, select=(), calls=n,
-                          alias_of=None if alias is None else f"{alias}#{k}")
+            if len(outs) == 1:
+                self.add_value(name, kind, outs[0], outs3[0] if outs3 else None, self.layout_of(outs[0]),
+                               module=names[0], call=None, select=(), calls=1, alias_of=alias)
+            else:
+                self._add_calls(name, kind, outs, outs3, module=names[0], alias=alias)
 
-    # The model's own output: the tensor, or the default tensor of a container.
-    default = _default_output(out2)
-    if isinstance(out2, torch.Tensor):
-        add(OUTPUT, "output", out2, out3, module=None, call=None, select=(), calls=1,
-            layout=layout_of(out2))
-    else:
-        add_value(OUTPUT + "*", "output", out2, out3, "channels", module=None, call=None, select=(), calls=1)
+    def _add_calls(self, name: str, kind: str, outs: list[Any], outs3: list[Any], module: str,
+                   alias: str | None) -> None:
+        """Add a module called more than once per forward: ``name`` itself is refused (it names no
+        single call) and each call is added as ``name#K``."""
+        n = len(outs)
+        calls_list = ", ".join(f"{name}#{k}" for k in range(min(n, 3))) + (f" ... {name}#{n - 1}" if n > 3 else "")
+        first = outs[0]
+        self.layers[name] = LayerInfo(
+            name, kind, tuple(first.shape[1:]) if isinstance(first, torch.Tensor) else (), None, n,
+            f"called {n} times per forward; name one call: {calls_list}", alias, self.dtype, module, None, (),
+        )
+        for k in range(n):
+            self.add_value(f"{name}#{k}", kind, outs[k], outs3[k] if k < len(outs3) else None,
+                           self.layout_of(outs[k]), module=module, call=k, select=(), calls=n,
+                           alias_of=None if alias is None else f"{alias}#{k}")
+
+    def add_model_output(self, out2: Any, out3: Any) -> None:
+        """Add the model's own output as ``output``: the tensor it returns, or for a container the
+        default tensor (:func:`_default_output`) with the others as ``output.KEY`` / ``output[I]``."""
+        if isinstance(out2, torch.Tensor):
+            self.add_tensor(OUTPUT, "output", out2, out3, module=None, call=None, select=(), calls=1,
+                            layout=self.layout_of(out2))
+        else:
+            self._add_output_container(out2, out3)
+
+    def _add_output_container(self, out2: Any, out3: Any) -> None:
+        """Add a container the model returns: its tensors are added under a placeholder name and
+        renamed to ``output...`` (appended last); ``output`` itself is an alias of the default
+        tensor, or refused when the container holds no tensor."""
+        layers = self.layers
+        default = _default_output(out2)
+        self.add_value(OUTPUT + "*", "output", out2, out3, "channels", module=None, call=None, select=(), calls=1)
         container = layers.pop(OUTPUT + "*")
         renamed = {}
         for name, li in list(layers.items()):
@@ -519,13 +582,15 @@ def probe_layers(
                 container, name=OUTPUT,
                 reason=f"the model returns {_describe_value(out2)}, with no tensor to read units from")
         layers.update(renamed)
-    if unit_axes:
-        close = {n: difflib.get_close_matches(n, list(layers), n=1) for n in unit_axes}
-        raise TargetError(
-            "unit_axes names layers that are not addressable: " + ", ".join(
-                f"{n!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for n, c in close.items())
-        )
-    return layers
+
+    def check_unit_axes_used(self) -> None:
+        """Raise :class:`TargetError` if some entry of ``unit_axes`` named no addressable layer."""
+        if self.unit_axes:
+            close = {n: difflib.get_close_matches(n, list(self.layers), n=1) for n in self.unit_axes}
+            raise TargetError(
+                "unit_axes names layers that are not addressable: " + ", ".join(
+                    f"{n!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for n, c in close.items())
+            )
 
 
 def _override(name: str, axis: str | int, shape: tuple[int, ...]) -> int | None:
@@ -762,48 +827,58 @@ class TargetSet:
         self.tap = Tap(model, [layers[n] for n in names])
         self.truncate = self.tap.truncate
         # Per layer: which rows, and how to read each row's value from that layer's [B, units, positions].
-        self._readers: list[tuple[str, torch.Tensor | None, torch.Tensor, bool]] = []
-        for name in names:
-            info = layers[name]
-            n_pos = max(1, math.prod(info.spatial))
-            groups: dict[bool, tuple[list[int], list[int]]] = {}
-            for i, t in enumerate(self.targets):
-                if t.layer != name:
-                    continue
-                use_mean = t.position is None and bool(info.spatial)
-                idx = t.unit
-                if t.position is not None:
-                    idx = 0
-                    for p, size in zip(t.position, info.spatial):
-                        idx = idx * size + p
-                    idx += t.unit * n_pos
-                rows, flat = groups.setdefault(use_mean, ([], []))
-                rows.extend(range(i * chains, (i + 1) * chains))
-                flat.extend([idx] * chains)
-            for use_mean, (rows, flat) in groups.items():
-                all_rows = len(rows) == self.batch
-                self._readers.append(
-                    (name, None if all_rows else torch.tensor(rows), torch.tensor(flat).unsqueeze(1), use_mean)
-                )
+        self._readers: list[tuple[str, torch.Tensor | None, torch.Tensor, bool]] = [
+            reader for name in names for reader in self._readers_for(name)
+        ]
+        self._seeds: dict[str, torch.Tensor] | None = self._dense_seeds()
 
-        # ∂(Σ_rows f)/∂(layer output) is a fixed selection tensor per layer; passing it as
-        # grad_outputs skips differentiating the read-out. Skipped for layers too large for it.
-        self._seeds: dict[str, torch.Tensor] | None = {}
+    @staticmethod
+    def _flat_index(t: Target, info: LayerInfo) -> int:
+        """Where ``t``'s value lies in the layer's output flattened to ``[units · positions]``: its
+        unit, or for a target at a position that position's index within its unit's block."""
+        if t.position is None:
+            return t.unit
+        idx = 0
+        for p, size in zip(t.position, info.spatial):
+            idx = idx * size + p
+        return idx + t.unit * max(1, math.prod(info.spatial))
+
+    def _readers_for(self, name: str) -> list[tuple[str, torch.Tensor | None, torch.Tensor, bool]]:
+        """The read-outs of layer ``name``: one per kind of read (the mean of a unit over positions, or
+        one value), each ``(name, rows, flat indices [rows, 1], use_mean)``; ``rows`` is ``None``
+        when the read covers every row of the batch."""
+        info = self.layers[name]
+        groups: dict[bool, tuple[list[int], list[int]]] = {}
+        for i, t in enumerate(self.targets):
+            if t.layer != name:
+                continue
+            use_mean = t.position is None and bool(info.spatial)
+            rows, flat = groups.setdefault(use_mean, ([], []))
+            rows.extend(range(i * self.chains, (i + 1) * self.chains))
+            flat.extend([self._flat_index(t, info)] * self.chains)
+        return [
+            (name, None if len(rows) == self.batch else torch.tensor(rows), torch.tensor(flat).unsqueeze(1), use_mean)
+            for use_mean, (rows, flat) in groups.items()
+        ]
+
+    def _dense_seeds(self) -> dict[str, torch.Tensor] | None:
+        """Per layer, ``∂(Σ_rows f)/∂(layer output)``, a fixed selection tensor in the layer's own layout
+        and dtype: passing it as ``grad_outputs`` skips differentiating the read-out. ``None`` when a
+        layer is too large for a dense one (more than ``_DENSE_SEED_LIMIT`` values per batch)."""
+        seeds: dict[str, torch.Tensor] = {}
         for name, rows, flat, use_mean in self._readers:
-            info = layers[name]
+            info = self.layers[name]
             numel = max(1, math.prod(info.shape))
             if self.batch * numel > _DENSE_SEED_LIMIT:
-                self._seeds = None
-                break
-            seed = self._seeds.setdefault(name, torch.zeros(self.batch, info.units, numel // info.units))
+                return None
+            seed = seeds.setdefault(name, torch.zeros(self.batch, info.units, numel // info.units))
             r = torch.arange(self.batch) if rows is None else rows
             n_pos = numel // info.units
             if use_mean:
                 seed.view(self.batch, -1)[r[:, None], flat.squeeze(1)[:, None] * n_pos + torch.arange(n_pos)[None]] = 1.0 / n_pos
             else:
                 seed.view(self.batch, -1)[r, flat.squeeze(1)] = 1.0
-        if self._seeds is not None:
-            self._seeds = {n: self._layout(layers[n], g).to(layers[n].dtype) for n, g in self._seeds.items()}
+        return {n: self._layout(self.layers[n], g).to(self.layers[n].dtype) for n, g in seeds.items()}
 
     @staticmethod
     def _layout(info: LayerInfo, g: torch.Tensor) -> torch.Tensor:
