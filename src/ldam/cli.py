@@ -507,10 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .train_generator import add_subcommands as add_generator_subcommands
 
     from .data.fetch import add_subcommand as add_data_subcommand
+    from .atlas.cli import add_subcommand as add_atlas_subcommand
 
     add_subcommands(sub)
     add_generator_subcommands(sub)
     add_data_subcommand(sub)
+    add_atlas_subcommand(sub)
     return p
 
 

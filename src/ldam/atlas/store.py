@@ -118,6 +118,7 @@ class AtlasStore:
         config = {"format": FORMAT, **json.loads(json.dumps(config))}
         old = self.read_manifest()
         if old is not None and old == config:
+            self.sweep()
             return True
         if old is not None and not force:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
@@ -130,6 +131,11 @@ class AtlasStore:
         self.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.manifest_path, json.dumps(config, indent=1, sort_keys=True))
         return False
+
+    def sweep(self) -> None:
+        """Remove the temporary files a killed run left behind (never a finished file)."""
+        for tmp in self.root.rglob("*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def clear(self) -> None:
         import shutil
