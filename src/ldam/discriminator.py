@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .energy import Regularizer, rms_normalized
 from .errors import CheckpointError, CriticWarning, DataError, ShapeError
-from .io import atomic_save, load_weights
+from .io import atomic_save, load_weights, safe_load
 
 MODES = ("density", "mix")
 FORMAT = "ldam-critic"
@@ -541,18 +541,14 @@ class Discriminator(Regularizer):
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"critic checkpoint {path} does not exist")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - the cause is reported
-            raise CheckpointError(f"cannot load {path} safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                                  "ldam only loads weights-only critic checkpoints written by Discriminator.save") from None
+        blob = safe_load(path, "ldam only loads weights-only critic checkpoints written by Discriminator.save")
         if not isinstance(blob, dict) or blob.get("format") != FORMAT or "state_dict" not in blob:
             raise CheckpointError(f"{path} is not an ldam critic checkpoint (written by Discriminator.save)")
         if critic is None:
             if not isinstance(blob.get("arch"), dict):
                 raise CheckpointError(f"{path} holds a custom critic; pass an instance of its class as critic=...")
             critic = critic_from_spec(blob["arch"])
-        load_weights(critic, blob["state_dict"], path, f"critic {type(critic).__name__}", detail_lines=2)
+        load_weights(critic, blob["state_dict"], path, f"critic {type(critic).__name__}")
         if real is None:
             kwargs.setdefault("training", None)
         disc = cls(real, critic, **kwargs)

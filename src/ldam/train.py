@@ -27,19 +27,19 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from ._training import (CHECKPOINT, add_run_options, epoch_bar, resume_checkpoint, save_training_checkpoint,
+                        start_run, training_device)
 from .data.pixels import to_model_units
 from .device import model_device, resolve_device
-from .errors import CheckpointError, LdamError
-from .io import atomic_save, load_training_checkpoint
+from .errors import LdamError
 from .zoo import ARCHITECTURES, CIFAR10_CLASSES, CIFAR10_NORM, MNIST_CLASSES, ModelInfo, build, load_model, save_checkpoint
 
 
@@ -130,11 +130,16 @@ def normalize(images: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
     return to_model_units(images.unsqueeze(1) if images.dim() == 3 else images, mean, std)
 
 
-def load_dataset(name: str, val_size: int = 0) -> dict[str, torch.Tensor]:
-    """Train/val/test tensors in model units. The validation split uses a fixed seed (0)."""
+def dataset_spec(name: str) -> DatasetSpec:
+    """The training set ``name`` (one of :data:`DATASETS`), or an :class:`LdamError` listing them."""
     if name not in DATASETS:
         raise LdamError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    spec = DATASETS[name]
+    return DATASETS[name]
+
+
+def load_dataset(name: str, val_size: int = 0) -> dict[str, torch.Tensor]:
+    """Train/val/test tensors in model units. The validation split uses a fixed seed (0)."""
+    spec = dataset_spec(name)
     x, y = spec.load("train")
     xt, yt = spec.load("test")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
@@ -203,15 +208,162 @@ def _clone(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
 
 
-def _cpu(obj: Any) -> Any:
-    """Tensors in nested dicts and lists moved to the CPU (what a checkpoint holds)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
+@dataclass
+class _Run:
+    """A run's progress: what its checkpoint holds besides the model and optimizer."""
+
+    epochs_done: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    avg: dict[str, torch.Tensor] | None = None  # running mean of the parameters over the averaging window
+    n_avg: int = 0  # optimizer steps in that mean
+    snapshots: list[dict[str, torch.Tensor]] = field(default_factory=list)  # end-of-epoch weights in the window
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.arch not in ARCHITECTURES:
+        raise LdamError(f"unknown architecture {cfg.arch!r}; known: {', '.join(ARCHITECTURES)}")
+    if not 0 <= cfg.average_last <= cfg.epochs:
+        raise LdamError(f"average_last must be between 0 and epochs ({cfg.epochs}), got {cfg.average_last}")
+
+
+def _resume(ckpt: Path, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, dev: torch.device) -> _Run:
+    """The progress saved in ``ckpt`` (loaded into ``model`` and ``opt``), or a fresh run."""
+    state = resume_checkpoint(ckpt, model, opt, asdict(cfg))
+    if state is None:
+        return _Run()
+    avg = state["avg"]
+    if avg is not None:
+        avg = {k: v.to(dev) for k, v in avg.items()}
+    return _Run(state["epoch"], state["history"], avg, int(state["n_avg"]), list(state["snapshots"]))
+
+
+def _save_progress(ckpt: Path, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, run: _Run) -> None:
+    save_training_checkpoint(ckpt, model, opt, run.epochs_done, asdict(cfg), run.history, avg=run.avg,
+                             n_avg=run.n_avg, snapshots=run.snapshots)
+
+
+def _accumulate_average(run: _Run, model: nn.Module) -> None:
+    """One more step in the running mean of the parameters, ``θ̄ += (θ − θ̄)/n``."""
+    run.n_avg += 1
+    params = dict(model.named_parameters())
+    if run.avg is None:
+        run.avg = {k: p.detach().clone() for k, p in params.items()}
+    else:
+        for k, p in params.items():
+            run.avg[k].add_(p.detach() - run.avg[k], alpha=1.0 / run.n_avg)
+
+
+def _fit_epoch(cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, run: _Run, epoch: int,
+               x_tr: torch.Tensor, y_tr: torch.Tensor, use_aug: bool, averaging: bool, dev: torch.device,
+               progress: bool, on_step: Callable[[nn.Module], None] | None) -> tuple[float, float]:
+    """One epoch of optimizer steps (shuffled and augmented from a generator seeded by ``(seed, epoch)``);
+    returns its mean loss and training accuracy."""
+    n = len(x_tr)
+    model.train()
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    # Running sums stay on the device (no host sync per step), in float64: the same sums as Python floats
+    # (MPS has no float64: float32 there).
+    acc = torch.float32 if dev.type == "mps" else torch.float64
+    loss_sum = torch.zeros((), dtype=acc, device=dev)
+    correct = torch.zeros((), dtype=acc, device=dev)
+    seen = 0
+    bar = epoch_bar(n, cfg.batch_size, epoch, cfg.epochs, progress)
+    for i in bar:
+        idx = perm[i:i + cfg.batch_size]
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, epoch + i / n)
+        xb = (augment(x_tr[idx], g) if use_aug else x_tr[idx]).to(dev, non_blocking=True)
+        yb = y_tr[idx].to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = model(xb)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if averaging:
+            _accumulate_average(run, model)
+        if on_step is not None:
+            on_step(model)
+        loss_sum += loss.detach().to(acc) * len(idx)
+        correct += (logits.argmax(1) == yb).sum().to(acc)
+        seen += len(idx)
+        if (i // cfg.batch_size) % 20 == 0:
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{float(correct) / seen:.4f}", refresh=False)
+    bar.close()
+    return float(loss_sum) / seen, float(correct) / seen
+
+
+def _run_epoch(cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, run: _Run, epoch: int,
+               d: dict[str, torch.Tensor], use_aug: bool, dev: torch.device, progress: bool,
+               on_step: Callable[[nn.Module], None] | None) -> None:
+    """Train epoch ``epoch``, snapshot it inside the averaging window, validate, and record it in ``run``."""
+    averaging = cfg.average_last > 0 and epoch >= cfg.epochs - cfg.average_last
+    t0 = time.perf_counter()
+    loss, train_acc = _fit_epoch(cfg, model, opt, run, epoch, d["x_train"], d["y_train"], use_aug, averaging, dev,
+                                 progress, on_step)
+    if averaging:
+        run.snapshots.append(_clone(model.state_dict()))
+    val_acc = evaluate(model, d["x_val"], d["y_val"])
+    h = {"epoch": epoch + 1, "loss": loss, "train_accuracy": train_acc, "val_accuracy": val_acc,
+         "seconds": time.perf_counter() - t0}
+    run.history.append(h)
+    run.epochs_done = epoch + 1
+    if progress:
+        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {h['loss']:.4f}, train accuracy {h['train_accuracy']:.4f}, "
+              f"validation accuracy {val_acc:.4f}, {h['seconds']:.1f} s", flush=True)
+
+
+def _trained_on(dev: torch.device) -> str:
+    where = (f"{torch.get_num_threads()} threads" if dev.type == "cpu" else
+             f"{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else str(dev))
+    return f"{platform.machine()}, torch {torch.__version__}, {where}"
+
+
+def _parameter_average(cfg: TrainConfig, model: nn.Module, avg: dict[str, torch.Tensor], x_tr: torch.Tensor,
+                       dev: torch.device) -> nn.Module:
+    """``model`` with its parameters replaced by their running mean ``avg`` and its BatchNorm
+    statistics recomputed on ``x_tr``."""
+    averaged = build(cfg.arch).to(dev)
+    averaged.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for k, p in averaged.named_parameters():
+            p.copy_(avg[k])
+    recompute_batchnorm(averaged, x_tr)
+    return averaged
+
+
+def _prediction_average_accuracy(cfg: TrainConfig, snapshots: list[dict[str, torch.Tensor]], x: torch.Tensor,
+                                 y: torch.Tensor, dev: torch.device) -> float:
+    """Top-1 accuracy of the snapshots' softmax outputs, averaged."""
+    probs = 0
+    snap = build(cfg.arch).to(dev)
+    for s in snapshots:
+        snap.load_state_dict(s)
+        probs = probs + predict(snap, x)
+    return float((probs.argmax(1) == y).double().mean())  # type: ignore[union-attr]
+
+
+def _finish(cfg: TrainConfig, out: Path, d: dict[str, torch.Tensor], model: nn.Module, run: _Run,
+            spec: DatasetSpec | None, dev: torch.device, record: dict[str, Any]) -> None:
+    """Test the trained model (and the averaged ones), write ``model.pt``, ``model-avg.pt`` and ``train.json``."""
+    x_te, y_te = d["x_test"], d["y_test"]
+    record["test_size"] = len(y_te)
+    record["test_accuracy"] = evaluate(model, x_te, y_te)
+    info = None
+    if spec is not None:
+        info = ModelInfo("model.pt", cfg.arch, spec.input_shape, spec.class_names, spec.mean, spec.std, cfg.dataset)
+    save_checkpoint(model, cfg.arch, out / "model.pt", info)
+    if run.avg is not None:
+        averaged = _parameter_average(cfg, model, run.avg, d["x_train"], dev)
+        record["averaged_steps"] = run.n_avg
+        record["test_accuracy_param_avg"] = evaluate(averaged, x_te, y_te)
+        record["val_accuracy_param_avg"] = evaluate(averaged, d["x_val"], d["y_val"])
+        record["test_accuracy_pred_avg"] = _prediction_average_accuracy(cfg, run.snapshots, x_te, y_te, dev)
+        save_checkpoint(averaged, cfg.arch, out / "model-avg.pt", info)
+        record["model_avg"] = averaged
+    (out / "train.json").write_text(json.dumps({k: v for k, v in record.items() if not k.startswith("model")},
+                                               indent=2) + "\n")
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, torch.Tensor] | None = None,
@@ -227,132 +379,30 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
     module's notes on devices). Returns the run record, with the models (on ``device``) under
     ``"model"`` and ``"model_avg"``.
     """
-    if cfg.arch not in ARCHITECTURES:
-        raise LdamError(f"unknown architecture {cfg.arch!r}; known: {', '.join(ARCHITECTURES)}")
-    if not 0 <= cfg.average_last <= cfg.epochs:
-        raise LdamError(f"average_last must be between 0 and epochs ({cfg.epochs}), got {cfg.average_last}")
+    _check_config(cfg)
     d = data if data is not None else load_dataset(cfg.dataset, cfg.val_size)
     spec = DATASETS.get(cfg.dataset)
     use_aug = spec.augment if spec is not None else False
-    dev = torch.device("cpu") if device is None else resolve_device(device)
+    dev = training_device(device)
     torch.manual_seed(cfg.seed)
     model = build(cfg.arch).to(dev)  # initialized on the CPU, the same on every device
     opt = make_optimizer(cfg, model)
-    ckpt = out / "checkpoint.pt"
-    history: list[dict[str, float]] = []
-    avg: dict[str, torch.Tensor] | None = None
-    n_avg = 0
-    snapshots: list[dict[str, torch.Tensor]] = []
-    start = 0
-    if resume and ckpt.exists():
-        state = load_training_checkpoint(ckpt, model, opt)
-        if state["config"] != asdict(cfg):
-            raise CheckpointError(f"{ckpt} was written with a different config {state['config']}; use another --out")
-        start, history = int(state["epoch"]), list(json.loads(state["history"]))
-        avg, n_avg, snapshots = state["avg"], int(state["n_avg"]), list(state["snapshots"])
-        if avg is not None:
-            avg = {k: v.to(dev) for k, v in avg.items()}
-    x_tr, y_tr = d["x_train"], d["y_train"]
-    n = len(x_tr)
-    window = cfg.epochs - cfg.average_last
-    for epoch in range(start, cfg.epochs):
+    ckpt = out / CHECKPOINT
+    run = _resume(ckpt, cfg, model, opt, dev) if resume else _Run()
+    for epoch in range(run.epochs_done, cfg.epochs):
         if stop_after is not None and epoch >= stop_after:
             break
-        averaging = cfg.average_last > 0 and epoch >= window
-        model.train()
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(n, generator=g)
-        t0 = time.perf_counter()
-        # Running sums stay on the device (no host sync per step), in float64: the same sums as Python floats
-        # (MPS has no float64: float32 there).
-        acc = torch.float32 if dev.type == "mps" else torch.float64
-        loss_sum = torch.zeros((), dtype=acc, device=dev)
-        correct = torch.zeros((), dtype=acc, device=dev)
-        seen = 0
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not progress, dynamic_ncols=True, leave=False)
-        for i in bar:
-            idx = perm[i:i + cfg.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, epoch + i / n)
-            xb = (augment(x_tr[idx], g) if use_aug else x_tr[idx]).to(dev, non_blocking=True)
-            yb = y_tr[idx].to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if averaging:
-                n_avg += 1
-                params = dict(model.named_parameters())
-                if avg is None:
-                    avg = {k: p.detach().clone() for k, p in params.items()}
-                else:
-                    for k, p in params.items():
-                        avg[k].add_(p.detach() - avg[k], alpha=1.0 / n_avg)
-            if on_step is not None:
-                on_step(model)
-            loss_sum += loss.detach().to(acc) * len(idx)
-            correct += (logits.argmax(1) == yb).sum().to(acc)
-            seen += len(idx)
-            if (i // cfg.batch_size) % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{float(correct) / seen:.4f}", refresh=False)
-        bar.close()
-        if averaging:
-            snapshots.append(_clone(model.state_dict()))
-        val_acc = evaluate(model, d["x_val"], d["y_val"])
-        history.append({"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_accuracy": float(correct) / seen,
-                        "val_accuracy": val_acc, "seconds": time.perf_counter() - t0})
-        if progress:
-            h = history[-1]
-            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {h['loss']:.4f}, train accuracy {h['train_accuracy']:.4f}, "
-                  f"validation accuracy {val_acc:.4f}, {h['seconds']:.1f} s", flush=True)
-        atomic_save({"model": _cpu(model.state_dict()), "optimizer": _cpu(opt.state_dict()), "epoch": epoch + 1,
-                     "config": asdict(cfg), "history": json.dumps(history), "avg": _cpu(avg), "n_avg": n_avg,
-                     "snapshots": snapshots}, ckpt)
-    where = (f"{torch.get_num_threads()} threads" if dev.type == "cpu" else
-             f"{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else str(dev))
-    record: dict[str, Any] = {"config": asdict(cfg), "history": history, "epochs_done": len(history),
-                              "trained_on": f"{platform.machine()}, torch {torch.__version__}, {where}"}
-    if len(history) < cfg.epochs:
-        record["model"] = model
-        return record
-    x_te, y_te = d["x_test"], d["y_test"]
-    record["test_size"] = len(y_te)
-    record["test_accuracy"] = evaluate(model, x_te, y_te)
-    info = None
-    if spec is not None:
-        info = ModelInfo("model.pt", cfg.arch, spec.input_shape, spec.class_names, spec.mean, spec.std, cfg.dataset)
-    save_checkpoint(model, cfg.arch, out / "model.pt", info)
-    record["model"] = model
-    if avg is not None:
-        averaged = build(cfg.arch).to(dev)
-        averaged.load_state_dict(model.state_dict())
-        with torch.no_grad():
-            for k, p in averaged.named_parameters():
-                p.copy_(avg[k])
-        recompute_batchnorm(averaged, x_tr)
-        record["averaged_steps"] = n_avg
-        record["test_accuracy_param_avg"] = evaluate(averaged, x_te, y_te)
-        record["val_accuracy_param_avg"] = evaluate(averaged, d["x_val"], d["y_val"])
-        probs = 0
-        snap = build(cfg.arch).to(dev)
-        for s in snapshots:
-            snap.load_state_dict(s)
-            probs = probs + predict(snap, x_te)
-        record["test_accuracy_pred_avg"] = float((probs.argmax(1) == y_te).double().mean())  # type: ignore[union-attr]
-        save_checkpoint(averaged, cfg.arch, out / "model-avg.pt", info)
-        record["model_avg"] = averaged
-    (out / "train.json").write_text(json.dumps({k: v for k, v in record.items() if not k.startswith("model")},
-                                               indent=2) + "\n")
+        _run_epoch(cfg, model, opt, run, epoch, d, use_aug, dev, progress, on_step)
+        _save_progress(ckpt, cfg, model, opt, run)
+    record: dict[str, Any] = {"config": asdict(cfg), "history": run.history, "epochs_done": len(run.history),
+                              "trained_on": _trained_on(dev), "model": model}
+    if len(run.history) == cfg.epochs:  # not interrupted
+        _finish(cfg, out, d, model, run, spec, dev, record)
     return record
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)  # checked before the data is read
+    device = start_run(args)  # checked before the data is read
     d = TrainConfig()
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, average_last=args.average_last,
@@ -419,9 +469,6 @@ def add_subcommands(sub: Any) -> None:
                        "to OUT/checkpoint.pt; writes OUT/model.pt (final weights), OUT/model-avg.pt (weights "
                        "averaged over the last epochs) and OUT/train.json (history and the three test accuracies).")
     t.add_argument("--arch", default=d.arch, choices=["lenet5", "vgg-cifar", "mlp", "cnn-cifar"], help="architecture (default: %(default)s)")
-    t.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="(default: %(default)s)")
-    t.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
-    t.add_argument("--lr", type=float, default=d.lr, help="learning rate (the peak, with --warmup) (default: %(default)s)")
     t.add_argument("--lr-drop", type=float, default=None, help="lr factor during the averaging window (default: 1)")
     t.add_argument("--optimizer", default=d.optimizer, choices=["rmsprop", "sgd"],
                    help="rmsprop: RMSProp with momentum, the paper's; sgd: Nesterov SGD (default: %(default)s)")
@@ -431,18 +478,14 @@ def add_subcommands(sub: Any) -> None:
     t.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default: %(default)s)")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (about 2x faster on CPUs with AVX-512 BF16)")
     t.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
-    t.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     t.add_argument("--average-last", type=int, default=d.average_last,
                    help="average the weights (and predictions) over the last K epochs (default: %(default)s)")
     t.add_argument("--val-size", type=int, default=d.val_size,
                    help="training images held out for validation (default: %(default)s)")
-    t.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    t.add_argument("--out", type=Path, required=True, help="output folder")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    add_run_options(t, d, datasets=list(DATASETS), lr_help="learning rate (the peak, with --warmup)",
+                    device_where="the model trains (the data stays on the host; each batch is moved)")
     from .cli import add_arch_options, add_device_option
 
-    add_device_option(t, "the model trains (the data stays on the host; each batch is moved)")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="print a model's test accuracy", description="Print a model's test accuracy; "
                        "the last line is 'accuracy: 0.XXXX'.",

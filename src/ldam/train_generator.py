@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .device import resolve_device
-from .errors import CheckpointError, LdamError
-from .io import atomic_save, load_training_checkpoint
-from .train import DATASETS
+from ._training import (CHECKPOINT, add_run_options, epoch_bar, resume_checkpoint, save_training_checkpoint,
+                        start_run, training_device)
+from .errors import LdamError
+from .io import atomic_save
+from .train import DATASETS, dataset_spec
 from .zoo.vae import VAE
 
 
@@ -65,66 +65,69 @@ def neg_elbo(vae: VAE, x: torch.Tensor, cfg: GeneratorConfig) -> tuple[torch.Ten
 
 
 def build_vae(cfg: GeneratorConfig) -> VAE:
-    spec = DATASETS[cfg.dataset]
-    c, s, _ = spec.input_shape
+    c, s, _ = dataset_spec(cfg.dataset).input_shape
     return VAE(c, s, cfg.latent)
+
+
+def _fit_epoch(cfg: GeneratorConfig, vae: VAE, opt: torch.optim.Optimizer, x_train: torch.Tensor, epoch: int,
+               dev: torch.device, progress: bool) -> dict[str, float]:
+    """One epoch of Adam steps on the negative ELBO; its history entry (ELBO and KL per image).
+    The shuffle and the reparameterization noise are seeded by ``(seed, epoch)``, so a resumed run
+    continues exactly."""
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    torch.manual_seed(cfg.seed * 1000 + epoch + 1)
+    n = len(x_train)
+    perm = torch.randperm(n, generator=g)
+    vae.train()
+    total, total_kl = 0.0, 0.0
+    bar = epoch_bar(n, cfg.batch_size, epoch, cfg.epochs, progress)
+    for i in bar:
+        xb = x_train[perm[i:i + cfg.batch_size]].to(dev)
+        loss, kl = neg_elbo(vae, xb, cfg)
+        opt.zero_grad(set_to_none=True)
+        (loss / len(xb)).backward()
+        opt.step()
+        total += float(loss.detach())
+        total_kl += float(kl.detach())
+        bar.set_postfix(elbo=f"{-total / min(n, i + len(xb)):.1f}")
+    if not math.isfinite(total):
+        raise LdamError(f"the VAE's loss became {total} in epoch {epoch + 1}: lower --lr")
+    return {"epoch": epoch + 1, "train_elbo": -total / n, "train_kl": total_kl / n}
+
+
+@torch.no_grad()
+def _test(cfg: GeneratorConfig, vae: VAE, test: torch.Tensor, dev: torch.device) -> tuple[float, float]:
+    """The test set's ELBO per image and reconstruction MSE (from the posterior means)."""
+    vae.eval()
+    torch.manual_seed(cfg.seed)
+    test = test.to(dev)
+    test_elbo = -sum(float(neg_elbo(vae, test[i:i + 500], cfg)[0]) for i in range(0, len(test), 500)) / len(test)
+    recon = vae.decoder(vae.encode(test)[0])
+    return test_elbo, float(F.mse_loss(recon, test))
 
 
 def train_generator(cfg: GeneratorConfig, out: Path, resume: bool = False, data: dict[str, torch.Tensor] | None = None,
                     progress: bool = True, device: torch.device | str | None = None) -> dict[str, Any]:
     """Train the VAE; see the module docstring. ``data`` may give ``{"train": …, "test": …}`` pixel
     tensors (the tests use a slice). Returns the record, with the VAE under ``"model"``."""
-    if cfg.dataset not in DATASETS:
-        raise LdamError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(DATASETS)}")
+    dataset_spec(cfg.dataset)  # an unknown dataset fails before anything is read or built
     d = data if data is not None else {"train": pixels(cfg.dataset, "train"), "test": pixels(cfg.dataset, "test")}
-    dev = torch.device("cpu") if device is None else resolve_device(device)
+    dev = training_device(device)
     torch.manual_seed(cfg.seed)
     vae = build_vae(cfg).to(dev)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint.pt"
-    history: list[dict[str, float]] = []
-    start = 0
-    if resume and ckpt.exists():
-        state = load_training_checkpoint(ckpt, vae, opt)
-        if json.loads(state["config"]) != asdict(cfg):
-            raise CheckpointError(f"{ckpt} was written with a different config; use another --out")
-        start, history = int(state["epoch"]), json.loads(state["history"])
-    g = torch.Generator().manual_seed(cfg.seed)
-    x_train = d["train"]
-    n = len(x_train)
+    ckpt = out / CHECKPOINT
+    state = resume_checkpoint(ckpt, vae, opt, asdict(cfg)) if resume else None
+    start, history = (state["epoch"], state["history"]) if state is not None else (0, [])
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
-        g.manual_seed(cfg.seed * 1000 + epoch)
-        torch.manual_seed(cfg.seed * 1000 + epoch + 1)  # the reparameterization noise: resumes exactly
-        perm = torch.randperm(n, generator=g)
-        vae.train()
-        total, total_kl = 0.0, 0.0
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for i in bar:
-            xb = x_train[perm[i:i + cfg.batch_size]].to(dev)
-            loss, kl = neg_elbo(vae, xb, cfg)
-            opt.zero_grad(set_to_none=True)
-            (loss / len(xb)).backward()
-            opt.step()
-            total += float(loss.detach())
-            total_kl += float(kl.detach())
-            bar.set_postfix(elbo=f"{-total / min(n, i + len(xb)):.1f}")
-        if not math.isfinite(total):
-            raise LdamError(f"the VAE's loss became {total} in epoch {epoch + 1}: lower --lr")
-        history.append({"epoch": epoch + 1, "train_elbo": -total / n, "train_kl": total_kl / n})
-        atomic_save({"model": vae.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                     "config": json.dumps(asdict(cfg)), "history": json.dumps(history)}, ckpt)
+        history.append(_fit_epoch(cfg, vae, opt, d["train"], epoch, dev, progress))
+        save_training_checkpoint(ckpt, vae, opt, epoch + 1, asdict(cfg), history)
         if progress:
             print(f"epoch {epoch + 1}/{cfg.epochs}: ELBO {history[-1]['train_elbo']:.1f} nats per image "
                   f"(KL {history[-1]['train_kl']:.1f})", flush=True)
-    vae.eval()
-    with torch.no_grad():
-        torch.manual_seed(cfg.seed)
-        test = d["test"].to(dev)
-        test_elbo = -sum(float(neg_elbo(vae, test[i:i + 500], cfg)[0]) for i in range(0, len(test), 500)) / len(test)
-        recon = vae.decoder(vae.encode(test)[0])
-        mse = float(F.mse_loss(recon, test))
+    test_elbo, mse = _test(cfg, vae, d["test"], dev)
     vae = vae.cpu()
     atomic_save(vae.state_dict(), out / "generator.pt")
     record = {
@@ -139,11 +142,10 @@ def train_generator(cfg: GeneratorConfig, out: Path, resume: bool = False, data:
 
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = start_run(args)
     cfg = GeneratorConfig(dataset=args.dataset, latent=args.latent, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, seed=args.seed)
-    rec = train_generator(cfg, args.out, resume=args.resume, device=args.device)
+    rec = train_generator(cfg, args.out, resume=args.resume, device=device)
     print(f"test ELBO {rec['test_elbo']:.1f} nats per image, reconstruction MSE {rec['test_recon_mse']:.4f} "
           f"(pixels in [0, 1]) on {rec['test_images']} test images")
     print(f"generator: {args.out / 'generator.pt'} (use with: ldam sample ... --parameterization generator "
@@ -158,18 +160,8 @@ def add_subcommands(sub: Any) -> None:
                        "generator prior of --parameterization generator: chains then move in G's latent "
                        "space under N(0, I). Checkpoints every epoch to OUT/checkpoint.pt; writes "
                        "OUT/generator.pt (weights only) and OUT/generator.json (recipe and ELBO).")
-    t.add_argument("--dataset", choices=list(DATASETS), default=d.dataset, help="(default: %(default)s)")
     t.add_argument("--latent", type=int, default=d.latent, help="latent dimensions (default: %(default)s)")
-    t.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
-    t.add_argument("--lr", type=float, default=d.lr, help="Adam's learning rate (default: %(default)s)")
-    t.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    t.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    t.add_argument("--out", type=Path, required=True, help="output folder")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    from .cli import add_device_option
-
-    add_device_option(t, "the VAE trains")
+    add_run_options(t, d, datasets=list(DATASETS), lr_help="Adam's learning rate", device_where="the VAE trains")
     t.set_defaults(func=cmd_train_generator)
 
 

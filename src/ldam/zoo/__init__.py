@@ -4,9 +4,10 @@ Each entry knows its input shape, its preprocessing (model input = (pixel − me
 pixels in [0, 1]), its class names, and its weights, which the project's own ``ldam train``
 produced (recipe and measured accuracy in ``weights/NAME.json``).
 
-Checkpoints are loaded safely: ``torch.load(weights_only=True)`` of a state dict plus the
-name of an architecture from :data:`ARCHITECTURES`, or plus ``arch="pkg.mod:factory"``, code the
-user names (:mod:`ldam.zoo.arch`); no arbitrary object is ever unpickled.
+Checkpoints are loaded safely: ``torch.load(weights_only=True)`` (:func:`ldam.io.safe_load`) of a
+state dict plus the name of an architecture from :data:`ARCHITECTURES`, or plus
+``arch="pkg.mod:factory"``, code the user names (:mod:`ldam.zoo.arch`); no arbitrary object is
+ever unpickled.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from ..data.cifar10 import CLASSES as CIFAR10_CLASSES
 from ..data.pixels import to_model_units
 from ..errors import CheckpointError, LdamError
-from ..io import load_weights
+from ..io import atomic_save, load_weights, safe_load
 from . import efficientnet
 from .lenet import LeNet5
 from .resnet import ResNet50
@@ -143,10 +144,6 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load_state(model: nn.Module, state: Any, path: Path) -> None:
-    load_weights(model, state, path, f"architecture {type(model).__name__}")
-
-
 def load(name: str) -> tuple[nn.Module, ModelInfo]:
     """A zoo model in eval mode, with its weights checked against their recorded SHA-256."""
     info = entry(name)
@@ -157,15 +154,13 @@ def load(name: str) -> tuple[nn.Module, ModelInfo]:
     if want and _file_sha256(path) != want:
         raise CheckpointError(f"{path} fails its checksum (expected {want}); reinstall ldam")
     model = build(info.arch)
-    _load_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
+    load_weights(model, safe_load(path, "reinstall ldam"), path, f"architecture {type(model).__name__}")
     return model.eval(), info
 
 
 def save_checkpoint(model: nn.Module, arch: str, path: str | Path, info: ModelInfo | None = None) -> Path:
     """Write ``{"arch", "state_dict", "meta"}``, the format :func:`load_checkpoint` reads (CPU tensors,
     wherever the model is)."""
-    from ..io import atomic_save
-
     meta = info.to_meta() if info is not None else {}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return atomic_save({"arch": arch, "state_dict": state, "meta": meta}, path)  # never a half-written file
@@ -176,17 +171,10 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass zoo:NAME ({', '.join(names())}) or a file")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - the cause is reported
-        from .arch import load_error
-
-        raise CheckpointError(
-            f"cannot load {path} safely ({load_error(e)}). ldam only loads "
-            "weights-only checkpoints: {'arch': NAME, 'state_dict': ..., 'meta': {...}}, or, with --arch "
-            "MODULE:FACTORY naming the code that builds the model, a state dict. A whole pickled model is never "
-            "loaded: save its weights with torch.save(model.state_dict(), path) and pass --arch"
-        ) from None
+    blob = safe_load(
+        path, "ldam only loads weights-only checkpoints: {'arch': NAME, 'state_dict': ..., 'meta': {...}}, or, with "
+        "--arch MODULE:FACTORY naming the code that builds the model, a state dict. A whole pickled model is never "
+        "loaded: save its weights with torch.save(model.state_dict(), path) and pass --arch")
     if not isinstance(blob, dict) or "arch" not in blob or "state_dict" not in blob:
         raise CheckpointError(
             f"{path} is not an ldam checkpoint: expected a dict with 'arch' (one of {', '.join(ARCHITECTURES)}) "
@@ -194,7 +182,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelInfo]:
             "another architecture, pass --arch MODULE:FACTORY (the code that builds it) and --input-shape"
         )
     model = build(str(blob["arch"]))
-    _load_state(model, blob["state_dict"], path)
+    load_weights(model, blob["state_dict"], path, f"architecture {type(model).__name__}")
     meta = dict(blob.get("meta") or {})
     shape = tuple(meta.pop("input_shape", None) or ())
     info = ModelInfo(

@@ -21,7 +21,6 @@ import difflib
 import importlib
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, LdamError
+from ..io import describe, is_state_dict, load_weights, safe_load
 
 RANDOM = "random"
 #: Keys under which a checkpoint dict may hold the state dict, tried in this order.
@@ -128,8 +128,7 @@ def describe_kwargs(kw: Mapping[str, Any]) -> str:
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return is_state_dict(obj) and len(obj) > 0
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -147,70 +146,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path), device="cpu"))
         except Exception as e:  # noqa: BLE001 - the cause is reported
             raise CheckpointError(f"cannot read {path} as safetensors ({type(e).__name__}: {e})") from None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - the cause is reported
-        raise CheckpointError(
-            f"cannot load {path} safely ({load_error(e)}). ldam never "
-            "unpickles objects: if the file holds a whole pickled model, save its weights instead, "
-            "torch.save(model.state_dict(), path), and pass them with --arch MODULE:FACTORY") from None
+    blob = safe_load(path, "ldam never unpickles objects: if the file holds a whole pickled model, save its weights "
+                     "instead, torch.save(model.state_dict(), path), and pass them with --arch MODULE:FACTORY")
     if _is_state_dict(blob):
         return dict(blob)
     if isinstance(blob, Mapping):
         for key in WRAPPER_KEYS:
             if _is_state_dict(blob.get(key)):
                 return dict(blob[key])
-    what = f"a dict with keys {', '.join(map(repr, list(blob)[:8]))}" if isinstance(blob, Mapping) else \
-        f"a {type(blob).__name__}"
-    raise CheckpointError(f"{path} holds {what}, not a state dict of tensors (nor one under "
+    raise CheckpointError(f"{path} holds {describe(blob)}, not a state dict of tensors (nor one under "
                           f"{', '.join(map(repr, WRAPPER_KEYS))}); save one with torch.save(model.state_dict(), path)")
 
 
-def load_error(e: Exception) -> str:
-    """The reason ``torch.load(weights_only=True)`` refused a file, in one short clause."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if found:
-        return f"it holds a pickled {found.group(1)} object, and unpickling would run code"
-    if "WeightsUnpickler error:" in text:
-        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation of torch.load")[0]
-    else:
-        detail = text.strip().splitlines()[0] if text.strip() else ""
-    detail = " ".join(detail.split())[:200] or ("the file is empty or cut short" if isinstance(e, EOFError) else "")
-    return f"{type(e).__name__}: {detail}"
-
-
-def _names(keys: Sequence[str], n: int = 6) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
-    """``model.load_state_dict(state, strict=True)``, with an error naming every misfit."""
-    want = model.state_dict()
-    if all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in want):
-        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel/DDP
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    shapes = [f"{k} is {list(state[k].shape)} in the file but {list(want[k].shape)} in the model"
-              for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_names(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_names(unexpected)}")
-    if shapes:
-        more = f" (+{len(shapes) - 4} more)" if len(shapes) > 4 else ""
-        problems.append("shape mismatch: " + "; ".join(shapes[:4]) + more)
-    if not problems:
-        try:
-            model.load_state_dict(state, strict=True)
-            return
-        except RuntimeError as e:
-            problems.append(" ".join(str(e).strip().splitlines()[:3]))
-    raise CheckpointError(f"{source} does not fit the model --arch {arch} builds: {'; '.join(problems)}. "
-                          "Check --arch and --arch-kwargs, or that the file holds this model's weights")
+    """``model.load_state_dict(state, strict=True)``, with an error naming every misfit
+    (:func:`ldam.io.load_weights`)."""
+    load_weights(model, state, source, f"the model --arch {arch} builds",
+                 "Check --arch and --arch-kwargs, or that the file holds this model's weights")
 
 
 def _check_norm(name: str, values: Sequence[float], channels: int) -> tuple[float, ...]:

@@ -3,7 +3,7 @@
 ``zoo:vae-mnist`` and ``zoo:vae-cifar10`` ship in ``weights/`` with their recipe and SHA-256
 (``vae-*.json``); a folder or ``generator.pt`` written by ``ldam train-generator`` loads the same way
 (its ``generator.json`` beside it names the configuration). Weights are read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)`` (:func:`ldam.io.safe_load`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import CheckpointError, LdamError
+from ..io import load_weights, safe_load
 from .vae import VAE, Normalized
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -58,11 +57,10 @@ def load_vae(spec: str) -> tuple[VAE, dict[str, Any]]:
 
     c, s, _ = DATASETS[cfg["dataset"]].input_shape
     vae = VAE(c, s, int(cfg["latent"]))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        vae.load_state_dict(state, strict=True)
-    except Exception as e:  # noqa: BLE001 - the cause is reported
-        raise CheckpointError(f"cannot load the generator {path} safely: {e}") from None
+    source = f"the generator {path}"
+    state = safe_load(path, "ldam only loads the weights-only generator.pt written by ldam train-generator",
+                      what=source)
+    load_weights(vae, state, source, f"the VAE its {record_path.name} describes (latent {cfg['latent']})")
     return vae.eval(), record
 
 
