@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .errors import CheckpointError
-from .io import atomic_save
+from .io import atomic_save, safe_load
 from .render import batch_grid, grid, save_gif, to_image
 from .targets import Target, parse
 
@@ -118,10 +118,7 @@ class Result:
     @classmethod
     def load(cls, path: str | Path) -> "Result":
         """Load a saved result with ``weights_only=True`` (no arbitrary objects are unpickled)."""
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - reported with its cause
-            raise CheckpointError(f"cannot load result file {path}: {type(e).__name__}: {e}") from None
+        blob = safe_load(path, what=f"result file {path}")
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not an ldam result file (expected format {FORMAT!r})")
         targets = []

@@ -26,6 +26,7 @@ from ..analysis import count_modes
 from ..energy import L2
 from ..errors import LdamError
 from ..guard import model_guard
+from ..io import safe_load
 from ..sampler import Sampler, model_fingerprint
 from ..targets import LayerInfo, probe_layers
 from .diagnostics import unit_diagnostics
@@ -304,7 +305,7 @@ def recover_block(store: AtlasStore, layer: str, index: int) -> list[UnitRecord]
     if not pending.exists():
         return None
     try:
-        recs = [UnitRecord.from_dict(d) for d in torch.load(pending, map_location="cpu", weights_only=True)]
+        recs = [UnitRecord.from_dict(d) for d in safe_load(pending)]
     except Exception:  # noqa: BLE001 - an unreadable pending file is recomputed
         pending.unlink()
         return None

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import LdamError
-from ..io import atomic_save
+from ..io import atomic_save, safe_load
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -168,11 +168,11 @@ class AtlasStore:
 
     def read_unit(self, layer: str, unit: int) -> UnitRecord:
         path = self.unit_path(layer, unit)
+        d = safe_load(path, what=f"atlas shard {path}", hint="Delete it and run the same command again to recompute that unit")
         try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
             return UnitRecord.from_dict(d)
-        except Exception as e:  # noqa: BLE001 - named in the error
-            raise LdamError(f"atlas shard {path} cannot be read ({e}); delete it and run the same command "
+        except TypeError as e:
+            raise LdamError(f"atlas shard {path} is not a unit record ({e}); delete it and run the same command "
                             "again to recompute that unit") from None
 
     def write_layer(self, layer: str, name: str, data: dict[str, Any]) -> Path:
@@ -182,7 +182,7 @@ class AtlasStore:
         path = self.layer_dir(layer) / f"{name}.pt"
         if not path.exists():
             return None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_load(path, what=f"atlas layer file {path}", hint="Delete it and run the same command again")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
