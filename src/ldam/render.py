@@ -29,11 +29,17 @@ def _signed(a: torch.Tensor, dim: tuple[int, ...] | None = None) -> torch.Tensor
 
 def pixel_display(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Undo the model's normalization ``(pixel − mean) / std`` and show pixels in [0, 1]."""
-    shape = (-1,) + (1,) * (x.dim() - 1)
+    return _pixels(x.detach().cpu().double(), mean, std, channel_axis=0).numpy()
+
+
+def _pixels(a: torch.Tensor, mean: Sequence[float], std: Sequence[float], channel_axis: int) -> torch.Tensor:
+    """Float64 model inputs ``a`` → uint8 pixels ``round(255 · clamp(a·std + mean, 0, 1))``, the
+    statistics broadcast along ``channel_axis``."""
+    shape = [1] * a.dim()
+    shape[channel_axis] = -1
     m = torch.as_tensor(mean, dtype=torch.float64).view(shape)
-    s = torch.as_tensor(std, dtype=torch.float64).view(shape)
-    p = (x.detach().cpu().double() * s + m).clamp(0, 1)
-    return np.rint(p.numpy() * 255).astype(np.uint8)
+    sd = torch.as_tensor(std, dtype=torch.float64).view(shape)
+    return (a * sd + m).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 def to_image(x: torch.Tensor, display: str = "signed", mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> Image.Image:
@@ -90,9 +96,7 @@ def display_array(x: torch.Tensor, display: str = "signed", mean: Sequence[float
     if display == "signed":
         u = _signed(a, dim=(1, 2, 3))
     elif display == "pixel":
-        m = torch.as_tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
-        sd = torch.as_tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
-        u = (a * sd + m).clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+        u = _pixels(a, mean, std, channel_axis=1)
     else:
         raise ValueError(f"display must be 'signed' or 'pixel', got {display!r}")
     return u.permute(0, 2, 3, 1).contiguous().numpy()
