@@ -255,3 +255,32 @@ def test_ray_runs_the_same_blocks_as_the_process(tmp_path):
     for layer, n in (("conv2", 6), ("fc", 5)):
         for u in range(n):
             assert _equal(remote.read_unit(layer, u).to_dict(), local.read_unit(layer, u).to_dict()), (layer, u)
+
+
+def test_the_command_line_writes_resumes_and_refuses(tmp_path, capsys):
+    from ldam.cli import main
+
+    pytest.importorskip("ldam.zoo")
+    out = tmp_path / "atlas"
+    argv = ["atlas", "zoo:lenet-mnist", "--layers", "fc3", "--out", str(out), "--steps", "12", "--limit", "200",
+            "--no-progress", "--data", "test"]
+    if not os.environ.get("LDAM_REQUIRE_DATA"):
+        try:
+            ldam.data.load_mnist("test", download_missing=False)
+        except Exception:
+            pytest.skip("needs the local MNIST test set")
+    assert main(argv) == 0
+    assert (out / "index.html").exists() and len(list((out / "shards").rglob("[0-9]*.pt"))) == 10
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*.pt")}
+    assert main(argv) == 0  # resumed: nothing recomputed or rewritten
+    assert {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*.pt")} == stamps
+    capsys.readouterr()
+    assert main(argv[:-5] + ["--steps", "13", "--limit", "200", "--no-progress"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert main(["serve", "--atlas", str(tmp_path / "missing"), "--port", str(port)]) == 2
+    assert "no atlas folder" in capsys.readouterr().err

@@ -484,7 +484,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = args.model or [DEMO_MODEL]
     device = resolve_device(args.device)  # checked before any model is loaded
     cfg = ServerConfig(host=args.host, port=args.port, token=token, max_sessions=args.max_sessions,
-                       max_fps=args.max_fps, allowed_hosts=tuple(args.allowed_host or ()))
+                       max_fps=args.max_fps, allowed_hosts=tuple(args.allowed_host or ()), atlas=args.atlas)
     try:
         serve(models, cfg, with_data=not args.no_data, device=device, **model_options(args))
     except KeyboardInterrupt:
@@ -601,6 +601,9 @@ def _add_serve_parser(sub) -> None:
     w.add_argument("--max-sessions", type=_positive(int), default=4, help="concurrent browser sessions (default: %(default)s)")
     w.add_argument("--max-fps", type=_positive(float), default=60.0, help="frames per second per session, at most (default: %(default)s)")
     w.add_argument("--no-data", action="store_true", help="do not load datasets (no discriminator, no dataset inputs)")
+    w.add_argument("--atlas", type=Path, default=None, metavar="DIR",
+                   help="also serve the static site of the atlas in DIR (an `ldam atlas --out`) under /atlas/, "
+                   "whose unit pages link into the live sampler")
     add_device_option(w, "the models and every session's chains run")
     add_arch_options(w, input_shape="one example's shape, e.g. 3 32 32: required with --arch, which applies to every "
                      "model file given here (zoo:NAME models keep their own)")

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
@@ -66,6 +66,9 @@ class ServerConfig:
     #: Host names a remote-mode browser may use (besides ``host`` itself when it is a name or a
     #: specific address); empty with a wildcard ``host`` accepts any, the token still required.
     allowed_hosts: tuple[str, ...] = ()
+    #: An atlas folder (:mod:`ldam.atlas`) whose static site is served read-only under ``/atlas/``:
+    #: its ``index.html`` and ``site/`` only, never its manifest or shards. ``None``: no atlas.
+    atlas: Path | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -163,6 +166,7 @@ def create_app(entries: dict[str, ModelEntry], cfg: ServerConfig | None = None) 
     _add_pages(app)
     _add_api(app, entries, cfg, sessions)
     _add_assets(app)
+    _add_atlas(app, cfg.atlas)
     _add_socket(app, entries, cfg, sessions, lock)
     return app
 
@@ -238,6 +242,40 @@ def _add_assets(app: FastAPI) -> None:
         return Response(status_code=204)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def atlas_root(folder: Path | str) -> Path:
+    """The atlas folder ``folder``, resolved; an :class:`LdamError` naming the fix when it is none."""
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise LdamError(f"no atlas folder at {folder}; pass the folder an atlas run wrote (its --out)")
+    return root
+
+
+def _add_atlas(app: FastAPI, folder: Path | str | None) -> None:
+    """An atlas's static site, read-only, behind the same host and token guard as every page:
+    ``/atlas/`` (its ``index.html``) and ``/atlas/site/...`` (the layer and unit pages, pictures,
+    CSS and JS). No other file of the folder can be named: Starlette's ``StaticFiles`` resolves
+    each path and refuses any that leaves ``site/`` (``..``, encoded or not, and symbolic links).
+    The site may be written while it is served (a run in progress): each request reads the disk."""
+    if folder is None:
+        return
+    root = atlas_root(folder)
+    index = root / "index.html"
+
+    @app.get("/atlas", include_in_schema=False)
+    async def atlas_slash() -> Response:
+        return RedirectResponse("/atlas/", status_code=307)  # the site's links are relative to /atlas/
+
+    @app.get("/atlas/", include_in_schema=False)
+    @app.get("/atlas/index.html", include_in_schema=False)
+    async def atlas_index() -> Response:
+        if not index.is_file():
+            return JSONResponse({"error": f"the atlas in {root.name} has no site yet; build it "
+                                          "(ldam.atlas.site.build_site) and reload"}, status_code=404)
+        return FileResponse(index)
+
+    app.mount("/atlas/site", StaticFiles(directory=root / "site", html=True, check_dir=False), name="atlas")
 
 
 def _socket_refusal(ws: WebSocket, cfg: ServerConfig) -> tuple[int, str] | None:
@@ -541,6 +579,8 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
 
     cfg = cfg or ServerConfig()
     check_port(cfg.host, cfg.port)  # first: a busy port is one clear line, before any model loads
+    if cfg.atlas is not None:
+        atlas_root(cfg.atlas)  # and a wrong --atlas folder too
     if isinstance(models, dict):
         entries = dict(models)
     else:
@@ -556,6 +596,8 @@ def serve(models: list[str] | dict[str, ModelEntry], cfg: ServerConfig | None = 
     where = ", ".join(sorted({str(e.device) for e in entries.values()}))
     print(f"ldam serve: {', '.join(entries)} (on {where}) on http://{cfg.host}:{cfg.port}/{token}  (Ctrl-C to stop)",
           flush=True)
+    if cfg.atlas is not None:
+        print(f"ldam serve: the atlas in {cfg.atlas} on http://{cfg.host}:{cfg.port}/atlas/{token}", flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
                 ws_max_size=MAX_UPLOAD * 2, ws_ping_interval=20)
 
