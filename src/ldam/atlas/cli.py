@@ -10,6 +10,7 @@ from pathlib import Path
 
 def add_subcommand(sub) -> None:
     from ..cli import add_arch_options, add_device_option
+    from ..samplers import METHODS
 
     a = sub.add_parser(
         "atlas", help="every unit of some layers: top dataset images, facets, samples, diagnostics, as a static site",
@@ -24,7 +25,7 @@ def add_subcommand(sub) -> None:
     a.add_argument("model", help="zoo:NAME, a checkpoint, or with --arch a weights file")
     a.add_argument("--layers", required=True, help="comma-separated layer names (see `ldam layers MODEL`), or '*' for all")
     a.add_argument("--out", type=Path, required=True, help="the atlas folder (created; resumed when it exists)")
-    a.add_argument("--data", default="test", help="dataset split for the top-k pass: test, train, or none "
+    a.add_argument("--data", default="test", choices=("test", "train", "none"), help="dataset split for the top-k pass: test, train, or none "
                    "(samples only) (default: %(default)s; the model's own dataset, local files only)")
     a.add_argument("--limit", type=int, default=None, help="use only the first N dataset rows")
     a.add_argument("--k", type=int, default=9, help="top dataset images shown per unit (default: %(default)s)")
@@ -36,7 +37,7 @@ def add_subcommand(sub) -> None:
     a.add_argument("--temperature", type=float, default=None, help="T (default: the zoo's value for the dataset)")
     a.add_argument("--step-size", type=float, default=None, help="ε (default: the zoo's value for the dataset)")
     a.add_argument("--l2", type=float, default=None, help="L2 prior weight λ (default: the zoo's value)")
-    a.add_argument("--method", default="sgld", help="sampling method (default: %(default)s)")
+    a.add_argument("--method", default="sgld", choices=METHODS, help="sampling method (default: %(default)s)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--block", type=int, default=16, help="units sampled together in one batch (default: %(default)s)")
     a.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
