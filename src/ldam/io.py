@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence
 
 import torch
 
@@ -23,12 +23,21 @@ from .errors import CheckpointError
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to a temporary file beside ``path``, renamed over it once complete."""
+    return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, renamed over it once complete."""
+    return _atomic(path, lambda f: f.write(data))
+
+
+def _atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -139,5 +148,5 @@ def load_training_checkpoint(path: Path, model: torch.nn.Module, optimizer: torc
     return state
 
 
-__all__ = ["atomic_save", "safe_load", "load_error", "is_state_dict", "describe", "state_dict_problems",
+__all__ = ["atomic_save", "atomic_write_bytes", "safe_load", "load_error", "is_state_dict", "describe", "state_dict_problems",
            "load_weights", "load_training_checkpoint"]

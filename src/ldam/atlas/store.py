@@ -15,9 +15,7 @@ numbers and strings, read back with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import LdamError
-from ..io import atomic_save, safe_load
+from ..io import atomic_save, atomic_write_bytes, safe_load
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -186,29 +184,11 @@ class AtlasStore:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file renamed over it."""
+    atomic_write_bytes(path, text.encode())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+write_bytes_atomic = atomic_write_bytes
 
 
 __all__ = ["AtlasStore", "UnitRecord", "AtlasConfigError", "layer_dir_name", "write_text_atomic", "write_bytes_atomic"]
