@@ -284,3 +284,18 @@ def test_the_command_line_writes_resumes_and_refuses(tmp_path, capsys):
         port = sock.getsockname()[1]
     assert main(["serve", "--atlas", str(tmp_path / "missing"), "--port", str(port)]) == 2
     assert "no atlas folder" in capsys.readouterr().err
+
+
+def test_a_pending_file_left_after_the_last_shard_is_removed_on_resume(tmp_path):
+    # killed between writing a block's last shard and removing its pending file
+    from ldam.io import atomic_save
+
+    kw = dict(steps=8, chains=1, block=2, progress=False, site=False)
+    store = atlas(ThreeUnits(), ["fc"], (1, 4, 4), tmp_path, **kw)
+    recs = [store.read_unit("fc", u) for u in (0, 1)]
+    leftover = store.layer_dir("fc") / "block-0.pending.pt"
+    atomic_save([r.to_dict() for r in recs], leftover)
+    stamps = {p: p.stat().st_mtime_ns for p in store.layer_dir("fc").glob("[0-9]*.pt")}
+    atlas(ThreeUnits(), ["fc"], (1, 4, 4), tmp_path, **kw)
+    assert not leftover.exists()
+    assert {p: p.stat().st_mtime_ns for p in store.layer_dir("fc").glob("[0-9]*.pt")} == stamps

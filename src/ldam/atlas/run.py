@@ -318,6 +318,8 @@ def pending_blocks(store: AtlasStore, plan: LayerPlan) -> Iterator[tuple[int, li
     done = store.done_units(plan.layer)
     for i, units in enumerate(plan.blocks):
         if all(u in done for u in units):
+            # killed after the last shard, before the pending file went: it is only a copy now
+            (store.layer_dir(plan.layer) / f"block-{i}.pending.pt").unlink(missing_ok=True)
             continue
         if recover_block(store, plan.layer, i) is not None:
             continue
