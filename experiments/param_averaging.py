@@ -19,6 +19,12 @@ point the paper's way. MNIST uses three training seeds (the zoo's seed 0 and two
 here, about a minute each); CIFAR-10 two (the zoo's and one more, about 25 minutes to train once).
 
     python experiments/param_averaging.py    # docs/repro/param_averaging.md, figure5_*.png
+
+One model pair (the zoo's) with the same settings is one command, with pictures of every unit and
+the units ranked by how much they changed (docs/compare.md):
+
+    ldam compare zoo:lenet-mnist zoo:lenet-mnist-avg --targets "fc3:0-9" --chains 16 --steps 1500 \
+        --burn-in 500 --out docs/compare/lenet
 """
 
 from __future__ import annotations

@@ -23,8 +23,10 @@ from .errors import (
     ShapeError,
     TargetError,
 )
+from .monitor import Monitor
 from .results import Result
 from .sampler import Sampler, StepInfo, sample
+from .comparison import Comparison, UnitComparison, compare
 from .parameterization import Generator, Parameterization, Spectral
 from .samplers import HMC, MALA, PMALA, PSGLD, SGLD, Ascent, Method, Metropolis, Paper
 from .schedules import CyclicAnnealing, PolynomialDecay
@@ -34,7 +36,7 @@ from .transforms import Jitter, Rotate, Scale, Transform
 __version__ = "0.1.0"
 
 __all__ = [
-    "sample", "Sampler", "StepInfo", "Result",
+    "sample", "Sampler", "StepInfo", "Result", "Monitor", "compare", "Comparison", "UnitComparison",
     "Target", "resolve", "probe_layers",
     "Regularizer", "L2", "TotalVariation", "Box", "Energy",
     "Discriminator", "CriticTraining", "RealImages", "ConvCritic", "MLPCritic",

@@ -513,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generator_subcommands(sub)
     add_data_subcommand(sub)
     add_atlas_subcommand(sub)
+    __import__("ldam.compare_cli").compare_cli.add_subcommand(sub)  # ldam compare
     return p
 
 

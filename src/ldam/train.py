@@ -29,7 +29,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,9 @@ from .data.pixels import to_model_units
 from .device import model_device, resolve_device
 from .errors import LdamError
 from .zoo import ARCHITECTURES, CIFAR10_CLASSES, CIFAR10_NORM, MNIST_CLASSES, ModelInfo, build, load_model, save_checkpoint
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
 
 
 @dataclass(frozen=True)
@@ -369,15 +372,18 @@ def _finish(cfg: TrainConfig, out: Path, d: dict[str, torch.Tensor], model: nn.M
 def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, torch.Tensor] | None = None,
           stop_after: int | None = None, progress: bool = True,
           on_step: Callable[[nn.Module], None] | None = None,
-          device: torch.device | str | None = None) -> dict[str, Any]:
+          device: torch.device | str | None = None,
+          on_epoch: Callable[[nn.Module, int], None] | None = None) -> dict[str, Any]:
     """Train, checkpointing to ``out/checkpoint.pt`` after every epoch; write ``out/model.pt``,
     ``out/model-avg.pt`` and ``out/train.json``.
 
     ``data`` may give the tensors of :func:`load_dataset` (the tests use a toy set);
     ``stop_after`` ends the run after that many epochs, as an interrupt would; ``on_step`` sees
-    the model after every optimizer step; ``device`` (default: the CPU) is where it trains (see the
-    module's notes on devices). Returns the run record, with the models (on ``device``) under
-    ``"model"`` and ``"model_avg"``.
+    the model after every optimizer step (every batch); ``on_epoch(model, epoch)`` sees it after
+    every epoch (0-based ``epoch``), once the epoch is validated and checkpointed (``ldam train
+    --monitor`` hangs an :class:`ldam.Monitor` there); ``device`` (default: the CPU) is where it
+    trains (see the module's notes on devices). Returns the run record, with the models (on
+    ``device``) under ``"model"`` and ``"model_avg"``.
     """
     _check_config(cfg)
     d = data if data is not None else load_dataset(cfg.dataset, cfg.val_size)
@@ -394,6 +400,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, data: dict[str, tor
             break
         _run_epoch(cfg, model, opt, run, epoch, d, use_aug, dev, progress, on_step)
         _save_progress(ckpt, cfg, model, opt, run)
+        if on_epoch is not None:
+            on_epoch(model, epoch)
     record: dict[str, Any] = {"config": asdict(cfg), "history": run.history, "epochs_done": len(run.history),
                               "trained_on": _trained_on(dev), "model": model}
     if len(run.history) == cfg.epochs:  # not interrupted
@@ -409,7 +417,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                       weight_decay=args.weight_decay, val_size=args.val_size,
                       lr_drop=args.lr_drop if args.lr_drop is not None else d.lr_drop, optimizer=args.optimizer,
                       warmup=args.warmup, label_smoothing=args.label_smoothing, bf16=args.bf16)
-    rec = train(cfg, args.out, resume=args.resume, device=device)
+    monitor = monitor_from_args(args)
+    try:
+        rec = train(cfg, args.out, resume=args.resume, device=device,
+                    on_epoch=None if monitor is None else (lambda model, epoch: monitor(model, step=epoch)))
+    finally:
+        if monitor is not None:
+            monitor.close()
+    if monitor is not None:
+        print(f"monitor: TensorBoard logs in {monitor_log_dir(args)} (tensorboard --logdir {monitor_log_dir(args)})")
     print(f"model: {args.out / 'model.pt'} (trained on {device})")
     if "test_accuracy_param_avg" in rec:
         print(f"parameter-averaged model (last {cfg.average_last} epochs): {args.out / 'model-avg.pt'}")
@@ -418,6 +434,35 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"prediction-averaged {rec['test_accuracy_pred_avg']:.4f}")
     print(f"accuracy: {rec['test_accuracy']:.4f}")
     return 0
+
+
+def monitor_log_dir(args: argparse.Namespace) -> Path:
+    """``--monitor-log-dir``, by default ``OUT/tb``."""
+    return args.monitor_log_dir if args.monitor_log_dir is not None else args.out / "tb"
+
+
+def monitor_from_args(args: argparse.Namespace) -> "Monitor | None":
+    """The :class:`ldam.Monitor` that ``ldam train --monitor TARGET ...`` asks for (``None`` without
+    ``--monitor``): the dataset's sampling defaults (:data:`ldam.zoo.SAMPLING_DEFAULTS`: step size,
+    temperature, L2 weight), ``--monitor-steps`` steps and ``--monitor-chains`` chains per epoch,
+    logging to :func:`monitor_log_dir`."""
+    if not getattr(args, "monitor", None):
+        return None
+    from .energy import L2
+    from .monitor import Monitor
+    from .targets import resolve
+    from .zoo import SAMPLING_DEFAULTS
+
+    knobs = SAMPLING_DEFAULTS[args.dataset]
+    shape = dataset_spec(args.dataset).input_shape
+    resolve(build(args.arch), args.monitor, shape)  # a bad target fails now, not after the first epoch
+    try:
+        monitor = Monitor(args.monitor, shape, steps=args.monitor_steps, chains=args.monitor_chains,
+                          budget=args.monitor_budget, log_dir=monitor_log_dir(args), seed=args.seed,
+                          step_size=knobs["step_size"], temperature=knobs["temperature"], regularizers=[L2(knobs["l2"])])
+    except ImportError as e:  # TensorBoard (or scipy) is missing: one line naming the extra, not a traceback
+        raise LdamError(str(e)) from None
+    return monitor
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -484,6 +529,15 @@ def add_subcommands(sub: Any) -> None:
                    help="training images held out for validation (default: %(default)s)")
     add_run_options(t, d, datasets=list(DATASETS), lr_help="learning rate (the peak, with --warmup)",
                     device_where="the model trains (the data stays on the host; each batch is moved)")
+    m = t.add_argument_group("training monitor (TensorBoard; pip install 'ldam[monitor]')")
+    m.add_argument("--monitor", nargs="+", metavar="TARGET", default=None,
+                   help="after every epoch, sample these targets (e.g. fc3:0-9 conv2:0-3@5,5) on a copy of the model "
+                   "and log pictures and numbers to TensorBoard")
+    m.add_argument("--monitor-log-dir", type=Path, default=None, help="(default: OUT/tb)")
+    m.add_argument("--monitor-steps", type=int, default=300, help="chain steps per epoch (default: %(default)s)")
+    m.add_argument("--monitor-chains", type=int, default=4, help="chains per target (default: %(default)s)")
+    m.add_argument("--monitor-budget", type=float, default=None,
+                   help="at most this share of each epoch's time, e.g. 0.1 (default: always --monitor-steps)")
     from .cli import add_arch_options, add_device_option
 
     t.set_defaults(func=cmd_train)
