@@ -221,6 +221,10 @@ def test_dead_units_are_flagged_and_topk_matches_the_data(tmp_path):
                   progress=False, site=False)
     flags = [store.read_unit("relu1", u).diagnostics["dead"] for u in range(4)]
     assert flags[1] is True and flags.count(True) == 1
+    # a dead unit's top images are ties at zero: it gets one facet, started from zero, not their mean
+    dead = store.read_unit("relu1", 1)
+    assert dead.facets == 1 and torch.equal(dead.facet_starts, torch.zeros(1, 1, 12, 12))
+    assert dead.topk_score.eq(0).all()
     # the top-5 rows of unit 0: a numpy max over positions of relu(conv1(x)) directly
     with torch.no_grad():
         a = torch.relu(model.conv1(data)).numpy()

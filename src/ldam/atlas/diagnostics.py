@@ -73,6 +73,17 @@ def split_ess(trace: Tensor | np.ndarray | Sequence[float]) -> float:
     return ess(split_chains(trace))
 
 
+def is_dead(data_max: float | None, data_min: float | None, nonnegative_layer: bool) -> bool | None:
+    """Whether a unit never activates on the dataset: ``data_max ≤ 0`` in a non-negative (e.g.
+    post-ReLU) layer, ``data_max == data_min`` (a constant output) in any other; ``None`` without
+    a dataset."""
+    if data_max is None:
+        return None
+    if nonnegative_layer:
+        return bool(data_max <= 0)
+    return None if data_min is None else bool(data_max == data_min)
+
+
 def unit_diagnostics(trace: Tensor, facets: int, burn_in: int, acceptance: Tensor | None, data_max: float | None,
                      data_min: float | None, nonnegative_layer: bool, rhat_limit: float = 1.1,
                      min_ess: float = MIN_ESS) -> dict[str, Any]:
@@ -105,12 +116,7 @@ def unit_diagnostics(trace: Tensor, facets: int, burn_in: int, acceptance: Tenso
     per_facet = [split_rhat(kept[:, f * chains:(f + 1) * chains]) for f in range(facets)]
     rhat_facet = math.nan if any(math.isnan(r) for r in per_facet) else max(per_facet)
     ess_all = split_ess(kept)
-    if data_max is None:
-        dead = None
-    elif nonnegative_layer:
-        dead = bool(data_max <= 0)
-    else:
-        dead = None if data_min is None else bool(data_max == data_min)
+    dead = is_dead(data_max, data_min, nonnegative_layer)
     return {
         "rhat": split_rhat(kept),
         "rhat_facet": float(rhat_facet),

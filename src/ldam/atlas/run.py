@@ -29,7 +29,7 @@ from ..guard import model_guard
 from ..io import safe_load
 from ..sampler import Sampler, model_fingerprint
 from ..targets import LayerInfo, probe_layers
-from .diagnostics import unit_diagnostics
+from .diagnostics import is_dead, unit_diagnostics
 from .facets import default_feature_layer, facet_starts
 from .store import AtlasStore, UnitRecord
 from .topk import crops, receptive_field, stream_topk
@@ -210,10 +210,17 @@ def plan_block(model: nn.Module, cfg: AtlasConfig, layer: str, units: list[int],
         rows = topk["index"][u]
         rows = rows[rows >= 0]
         pool = rows[: cfg.top_n]
-        facets, start = facet_starts(model, data.inputs[pool], feature_layer or default_feature_layer(layers),
-                                     cfg.max_facets, seed=cfg.seed, layers=layers)
-        starts.append(start.float())
-        labels.append(facets.labels.long())
+        silhouette = None
+        if is_dead(float(topk["max"][u]), float(topk["min"][u]), bool(topk["nonnegative"])):
+            # its top images are ties at zero, not what it responds to: one facet, from zero
+            starts.append(torch.zeros(1, *input_shape))
+            labels.append(torch.zeros(len(pool), dtype=torch.long))
+        else:
+            facets, start = facet_starts(model, data.inputs[pool], feature_layer or default_feature_layer(layers),
+                                         cfg.max_facets, seed=cfg.seed, layers=layers)
+            starts.append(start.float())
+            labels.append(facets.labels.long())
+            silhouette = facets.silhouette
         top = rows[: cfg.k]
         boxes = topk["box"][u][: len(top)]
         facts.append({
@@ -224,7 +231,7 @@ def plan_block(model: nn.Module, cfg: AtlasConfig, layer: str, units: list[int],
             "data_max": float(topk["max"][u]),
             "data_min": float(topk["min"][u]),
             "nonnegative": bool(topk["nonnegative"]),
-            "silhouette": float(facets.silhouette) if facets.silhouette is not None else None,
+            "silhouette": None if silhouette is None else float(silhouette),
         })
     return BlockTask(layer, units, starts, labels, facts)
 
