@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def data_dir() -> Path | None:
@@ -75,3 +76,13 @@ def page(browser):
     yield pg
     context.close()
     assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of many tiny operations: faster, and far faster on a busy
+    shared machine; the previous count is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -33,13 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 W16 = torch.linspace(-1.5, 1.5, 16).reshape(1, 4, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These chains are many small operations: one thread is faster, and far faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small operations: one thread is faster
 
 
 def gaussian_run(method, step_size, T=1.0, lam=2.0, steps=3000, burn_in=600, chains=64, w=W16, box=None, seed=0):

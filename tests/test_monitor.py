@@ -23,13 +23,7 @@ from ldam.monitor import Monitor, Pictures
 SHAPE = (1, 12, 12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batches run fastest on one thread, and a busy shared machine makes a second one very slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small operations: one thread is faster
 TARGETS = ["fc:0-2", "conv2:1"]
 KNOBS = dict(step_size=0.02, temperature=0.05, regularizers=[ldam.L2(1.0)])
 
