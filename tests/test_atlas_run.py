@@ -180,9 +180,9 @@ def test_a_block_killed_between_its_shards_is_finished_from_its_pending_file(tmp
     sampled: list[list[int]] = []
     real_sample = atlas_run.sample_block
 
-    def counting(model, cfg, task, shape, layers=None):
+    def counting(model, cfg, task, shape):
         sampled.append(task.units)
-        return real_sample(model, cfg, task, shape, layers)
+        return real_sample(model, cfg, task, shape)
 
     monkeypatch.setattr(atlas_run, "sample_block", counting)
     atlas(SmallConvNet(), ["conv2"], (1, 12, 12), tmp_path / "cut", **kw)

@@ -74,3 +74,15 @@ def test_the_zoo_writes_checkpoints_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # and no temporary file is left
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["arch"] == "mlp"
+
+
+def test_atomic_files_have_the_permissions_of_an_ordinary_file(tmp_path):
+    # a temporary file from mkstemp is private (0600); once renamed into place it must be as
+    # readable as a file opened the ordinary way (the atlas site and compare reports are shared)
+    from ldam.io import atomic_save, atomic_write_bytes
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    want = plain.stat().st_mode & 0o777
+    assert (atomic_write_bytes(tmp_path / "a.bin", b"x").stat().st_mode & 0o777) == want
+    assert (atomic_save({"w": torch.zeros(1)}, tmp_path / "b.pt").stat().st_mode & 0o777) == want

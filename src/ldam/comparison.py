@@ -49,12 +49,9 @@ from __future__ import annotations
 
 import copy
 import html
-import io
 import json
 import math
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,9 +66,11 @@ from .analysis import chain_stats, summarize
 from .energy import L2, Box, Regularizer
 from .errors import LdamError, ShapeError, TargetError
 from .guard import model_guard
-from .render import batch_grid
+from .io import atomic_write_bytes
+from .render import batch_grid, png_bytes
 from .sampler import model_fingerprint, sample
 from .targets import Target, probe_layers, resolve
+from .zoo import sampling_defaults
 
 #: The metrics, in the report's order: key → title.
 METRICS: dict[str, str] = {
@@ -303,12 +302,6 @@ def _describe(r: Regularizer) -> str:
     return repr(r)
 
 
-def _defaults(dataset: str | None) -> dict[str, float]:
-    from .zoo import SAMPLING_DEFAULTS  # only the numbers; the zoo's models are not needed
-
-    return dict(SAMPLING_DEFAULTS.get(dataset or "mnist", SAMPLING_DEFAULTS["mnist"]))
-
-
 def _run(model: nn.Module, units: list[str], shape: tuple[int, ...], seed: int, regularizers: Sequence[Regularizer],
          run: dict[str, Any], threshold: float, tail: int, sha: str, side: str
          ) -> tuple[dict[str, dict[str, float]], torch.Tensor]:
@@ -402,7 +395,7 @@ def compare(
     for key in ("keep_samples", "ema_tau", "seed"):
         if key in options:
             raise TypeError(f"compare sets {key} itself; it cannot be passed on to ldam.sample")
-    knobs = _defaults(dataset)
+    knobs = sampling_defaults(dataset)
     chains = int(chains if chains is not None else knobs["chains"])
     step_size = step_size if step_size is not None else knobs["step_size"]
     temperature = temperature if temperature is not None else knobs["temperature"]
@@ -466,27 +459,6 @@ def compare(
 
 
 # ---- the report ----------------------------------------------------------------------------
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's files are private; a report is as readable as any file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _zoom(shape: Sequence[int], chains: int, width: int = 1100) -> int:
@@ -719,14 +691,12 @@ def write_report(cmp: Comparison, out: str | Path) -> dict[str, Path]:
         im = unit_picture(u, cmp.config)
         if im is None:
             continue
-        buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
         u.picture = _file_name(i, u.target)
-        files[f"picture {u.target}"] = _write_atomic(out / u.picture, buf.getvalue())
-    files["numbers"] = _write_atomic(out / "compare.json",
+        files[f"picture {u.target}"] = atomic_write_bytes(out / u.picture, png_bytes(im, optimize=True))
+    files["numbers"] = atomic_write_bytes(out / "compare.json",
                                      (json.dumps(_plain(cmp.as_dict()), indent=1, default=repr) + "\n").encode())
-    files["markdown"] = _write_atomic(out / "report.md", _markdown(cmp).encode())
-    files["html"] = _write_atomic(out / "report.html", _html(cmp).encode())
+    files["markdown"] = atomic_write_bytes(out / "report.md", _markdown(cmp).encode())
+    files["html"] = atomic_write_bytes(out / "report.html", _html(cmp).encode())
     cmp.files = files
     return files
 

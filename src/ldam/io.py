@@ -31,6 +31,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return _atomic(path, lambda f: f.write(data))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +44,7 @@ def _atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's files are private; these are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

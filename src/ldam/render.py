@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
@@ -123,6 +124,13 @@ def batch_grid(x: torch.Tensor, ncol: int, display: str = "signed", zoom: int = 
     GPU is copied to the host once, not once per example."""
     x = x.detach().cpu()
     return grid([to_image(xi, display, **norm) for xi in x], ncol, zoom=zoom)
+
+
+def png_bytes(im: Image.Image, compress_level: int = 6, optimize: bool = False) -> bytes:
+    """The PNG file of ``im`` as bytes (``compress_level`` 1 for speed, ``optimize`` for size)."""
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=compress_level, optimize=optimize)
+    return buf.getvalue()
 
 
 def save_gif(frames: Sequence[Image.Image], path: str | Path | BinaryIO, fps: float = 10.0) -> Path | BinaryIO:

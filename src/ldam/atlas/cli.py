@@ -52,7 +52,7 @@ def add_subcommand(sub) -> None:
 
 def cmd_atlas(args: argparse.Namespace) -> int:
     from ..cli import _load
-    from ..zoo import SAMPLING_DEFAULTS
+    from ..zoo import sampling_defaults
     from . import atlas, dataset_for
 
     model, info = _load(args.model, args)
@@ -63,7 +63,7 @@ def cmd_atlas(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.model} has no local dataset for the top-k pass ({info.dataset or 'none'}); "
                              "pass --data none to sample without one")
         data = dataset_for(info.dataset, args.data, args.limit, info.mean, info.std)
-    knobs = SAMPLING_DEFAULTS.get(info.dataset or "mnist", SAMPLING_DEFAULTS["mnist"])
+    knobs = sampling_defaults(info.dataset)
     config = {"k": args.k, "top_n": args.top_n, "max_facets": args.facets, "chains": args.chains, "steps": args.steps,
               "burn_in": args.burn_in, "method": args.method, "seed": args.seed, "block": args.block,
               "temperature": args.temperature if args.temperature is not None else knobs["temperature"],

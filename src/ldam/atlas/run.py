@@ -243,8 +243,7 @@ def _no_data_facts(input_shape: Sequence[int]) -> dict[str, Any]:
             "data_max": None, "data_min": None, "nonnegative": False, "silhouette": None}
 
 
-def sample_block(model: nn.Module, cfg: AtlasConfig, task: BlockTask, input_shape: Sequence[int],
-                 layers: dict[str, LayerInfo] | None = None) -> list[UnitRecord]:
+def sample_block(model: nn.Module, cfg: AtlasConfig, task: BlockTask, input_shape: Sequence[int]) -> list[UnitRecord]:
     """Run one block: one sampler over every (unit, facet) target, then one record per unit.
 
     The sampler draws from ``p(x) ∝ exp((f_u(x) − λ‖x‖²/2) / T)`` per target with ``chains``
@@ -386,15 +385,6 @@ def probe(model: nn.Module, input_shape: Sequence[int]) -> dict[str, LayerInfo]:
         return probe_layers(model, tuple(int(s) for s in input_shape))
 
 
-def estimate_units(layers: dict[str, LayerInfo], names: Sequence[str]) -> int:
-    return int(sum(layers[n].units for n in names))
-
-
-def eta(units: int, seconds_per_unit: float, workers: int = 1) -> float:
-    """Projected wall time of ``units`` units at ``seconds_per_unit`` on ``workers`` workers."""
-    return units * seconds_per_unit / max(1, workers)
-
-
 __all__ = ["AtlasConfig", "AtlasData", "BlockTask", "LayerPlan", "check_layers", "expand_layers", "blocks_of",
            "manifest", "topk_pass", "plan_block", "sample_block", "commit_block", "recover_block", "pending_blocks",
-           "run_layers", "in_process", "probe", "estimate_units", "eta", "Execute"]
+           "run_layers", "in_process", "probe", "Execute"]

@@ -41,7 +41,6 @@ below (the chains' own range stays readable however far they are from the data).
 from __future__ import annotations
 
 import html
-import io
 import json
 import math
 from pathlib import Path
@@ -51,8 +50,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..render import grid, to_image
-from .store import AtlasStore, UnitRecord, layer_dir_name, write_bytes_atomic, write_text_atomic
+from ..render import grid, png_bytes, to_image
+from ..io import atomic_write_bytes
+from .store import AtlasStore, UnitRecord, layer_dir_name, write_text_atomic
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = ("atlas.css", "atlas.js")
@@ -142,12 +142,6 @@ def _flag(diag: dict[str, Any], name: str) -> bool:
     return False
 
 
-def _png(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
-
-
 def _zoom(h: int) -> int:
     return max(1, TILE // max(1, h))
 
@@ -178,7 +172,7 @@ def _put(path: Path, data: bytes | str) -> None:
             return
     except OSError:
         pass
-    write_bytes_atomic(path, raw)
+    atomic_write_bytes(path, raw)
 
 
 def _site(store: AtlasStore) -> Path:
@@ -341,7 +335,7 @@ def _unit_images(store: AtlasStore, rec: UnitRecord, manifest: dict[str, Any]) -
         if max(mean.size) > THUMB:
             s = THUMB / max(mean.size)
             mean = mean.resize((max(1, round(mean.width * s)), max(1, round(mean.height * s))), Image.LANCZOS)
-        _put(img / f"{u}_thumb.png", _png(mean))
+        _put(img / f"{u}_thumb.png", png_bytes(mean))
         out["thumb"] = (f"img/{u}_thumb.png", mean.size)
         first = to_image(rec.chain_means[0, 0].detach().cpu().float(), **d)
         z = _zoom(first.size[1])
@@ -352,7 +346,7 @@ def _unit_images(store: AtlasStore, rec: UnitRecord, manifest: dict[str, Any]) -
         for name, (x, ncol) in grids.items():
             if x.numel():
                 g = _model_grid(x, ncol, manifest)
-                _put(img / f"{u}_{name}.png", _png(g))
+                _put(img / f"{u}_{name}.png", png_bytes(g))
                 out[name] = (f"img/{u}_{name}.png", g.size)
     k = int(rec.topk_crops.shape[0]) if rec.topk_crops.dim() else 0
     if k:
@@ -361,7 +355,7 @@ def _unit_images(store: AtlasStore, rec: UnitRecord, manifest: dict[str, Any]) -
         ncol = math.ceil(math.sqrt(k))
         z = _zoom(ims[0].size[1])
         g = grid(ims, ncol, pad=PAD, zoom=z)
-        _put(img / f"{u}_topk.png", _png(g))
+        _put(img / f"{u}_topk.png", png_bytes(g))
         out["topk"] = (f"img/{u}_topk.png", g.size)
         out["topk_tile"] = (ims[0].size[0] * z, ims[0].size[1] * z)
         out["topk_ncol"] = ncol

@@ -188,7 +188,4 @@ def write_text_atomic(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-write_bytes_atomic = atomic_write_bytes
-
-
-__all__ = ["AtlasStore", "UnitRecord", "AtlasConfigError", "layer_dir_name", "write_text_atomic", "write_bytes_atomic"]
+__all__ = ["AtlasStore", "UnitRecord", "AtlasConfigError", "layer_dir_name", "write_text_atomic"]

@@ -28,7 +28,7 @@ from ..energy import L2, Box
 from ..errors import LdamError
 from ..guard import model_guard
 from ..parameterization import Spectral
-from ..render import display_array, grid, grid_array, save_gif, signed_display, to_image
+from ..render import display_array, grid, grid_array, png_bytes, save_gif, signed_display, to_image
 from ..sampler import Sampler
 from ..samplers import METHODS as SAMPLER_METHODS, Metropolis
 from ..targets import capture, probe_layers
@@ -111,14 +111,8 @@ class Busy(LdamError):
     """A control the worker cannot take now; the client is told and nothing is queued."""
 
 
-def png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def png_b64(im: Image.Image) -> str:
-    return base64.b64encode(png_bytes(im)).decode("ascii")
+    return base64.b64encode(png_bytes(im, compress_level=1)).decode("ascii")
 
 
 class NormalizedImages(Dataset):
@@ -671,7 +665,7 @@ class LiveSession:
         self.seq += 1
         grid_im = self._grid(shown, chains if n_t > 1 else min(chains, 10), zoom)
         means_im = self._grid(per_target, min(n_t, 10), 1)
-        grid_png = png_bytes(grid_im)
+        grid_png = png_bytes(grid_im, compress_level=1)
         if record and self.recording is not None:
             self._record_frame(grid_im, grid_png)
         return {"type": "frame", "seq": self.seq, "t": s.t, "grid": base64.b64encode(grid_png).decode("ascii"),
@@ -695,7 +689,7 @@ class LiveSession:
         if max(im.size) > GIF_SIDE:
             im = im.copy()
             im.thumbnail((GIF_SIDE, GIF_SIDE), Image.BILINEAR)
-            png = png_bytes(im)
+            png = png_bytes(im, compress_level=1)
         if len(self.recording) >= GIF_FRAMES or self._recorded_bytes + len(png) > GIF_BYTES:
             if not self._record_capped:
                 self._record_capped = True

@@ -50,6 +50,13 @@ SAMPLING_DEFAULTS: dict[str, dict[str, float]] = {
     "cifar10": {"temperature": 1e-3, "step_size": 2e-3, "l2": 0.05, "chains": 6},
     "imagenet": {"temperature": 5e-4, "step_size": 2e-3, "l2": 0.02, "chains": 2},
 }
+
+
+def sampling_defaults(dataset: str | None) -> dict[str, float]:
+    """The starting knobs for a model trained on ``dataset`` (MNIST's for ``None`` or an unknown one)."""
+    return dict(SAMPLING_DEFAULTS.get(dataset or "mnist", SAMPLING_DEFAULTS["mnist"]))
+
+
 CIFAR10_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
@@ -219,5 +226,5 @@ def load_model(spec: str, *, arch: str | None = None, arch_kwargs: dict[str, Any
     return model, info
 
 
-__all__ = ["ARCHITECTURES", "SAMPLING_DEFAULTS", "ModelInfo", "names", "entry", "weights_file", "load", "load_model", "load_checkpoint",
+__all__ = ["ARCHITECTURES", "SAMPLING_DEFAULTS", "sampling_defaults", "ModelInfo", "names", "entry", "weights_file", "load", "load_model", "load_checkpoint",
            "save_checkpoint", "build", "LeNet5", "VGGCifar"]
