@@ -19,6 +19,7 @@ from torch import nn
 import ldam
 from ldam.atlas import AtlasConfigError, AtlasStore, atlas
 from ldam.atlas import run as atlas_run
+from conftest import require_data, require_module
 from models import SmallConvNet
 
 HERE = Path(__file__).parent
@@ -237,8 +238,7 @@ def test_dead_units_are_flagged_and_topk_matches_the_data(tmp_path):
 
 @pytest.mark.slow
 def test_ray_runs_the_same_blocks_as_the_process(tmp_path):
-    pytest.importorskip("ray") if not os.environ.get("LDAM_REQUIRE_DATA") else None
-    import ray
+    ray = require_module("ray", "the atlas extra is not installed")
 
     data = _small_data()
     kw = dict(data=data, steps=30, chains=2, block=2, k=4, top_n=16, max_facets=2, progress=False, site=False)
@@ -264,15 +264,10 @@ def test_ray_runs_the_same_blocks_as_the_process(tmp_path):
 def test_the_command_line_writes_resumes_and_refuses(tmp_path, capsys):
     from ldam.cli import main
 
-    pytest.importorskip("ldam.zoo")
+    require_data("mnist/t10k-images-idx3-ubyte.gz")
     out = tmp_path / "atlas"
     argv = ["atlas", "zoo:lenet-mnist", "--layers", "fc3", "--out", str(out), "--steps", "12", "--limit", "200",
             "--no-progress", "--data", "test"]
-    if not os.environ.get("LDAM_REQUIRE_DATA"):
-        try:
-            ldam.data.load_mnist("test", download_missing=False)
-        except Exception:
-            pytest.skip("needs the local MNIST test set")
     assert main(argv) == 0
     assert (out / "index.html").exists() and len(list((out / "shards").rglob("[0-9]*.pt"))) == 10
     stamps = {p: p.stat().st_mtime_ns for p in (out / "shards").rglob("*.pt")}

@@ -358,7 +358,6 @@ def test_a_missing_manifest_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def web():
     """``(TestClient, ldam.web.server)``; the site's own tests need no web extra, these do."""
-    pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
     from ldam.web import server

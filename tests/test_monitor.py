@@ -19,6 +19,7 @@ import ldam
 from ldam.callbacks import Callback
 from ldam.errors import LdamError, TargetError
 from ldam.monitor import Monitor, Pictures
+from conftest import require_module
 
 SHAPE = (1, 12, 12)
 
@@ -367,7 +368,7 @@ def test_a_background_error_is_raised_by_the_next_call_and_the_chains_restart():
 
 
 def test_the_lightning_callback_logs_each_epoch(tmp_path):
-    pl = pytest.importorskip("lightning.pytorch")
+    pl = require_module("lightning.pytorch", "the lightning extra is not installed")
     from ldam.lightning import LDAMMonitor
 
     class Module(pl.LightningModule):
